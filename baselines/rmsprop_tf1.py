@@ -1,0 +1,78 @@
+"""RMSProp with TensorFlow 1 semantics (`tf.train.RMSPropOptimizer`), as the LocoProp code uses.
+
+It differs from `torch.optim.RMSprop` in three ways that change the trajectory:
+- the mean square starts at ONE (`initial_ms`), not zero;
+- epsilon sits inside the square root: `g / sqrt(ms + eps)`;
+- the learning rate is applied inside the momentum buffer, so a change of learning rate only
+  affects new contributions (a step at lr 0 still moves the weights by the buffer):
+      ms  <- decay * ms + (1 - decay) * g^2
+      mom <- momentum * mom + lr * g / sqrt(ms + eps)
+      w   <- w - mom
+With momentum 0 the buffer is skipped and `w <- w - lr * g / sqrt(ms + eps)`.
+"""
+from __future__ import annotations
+
+import torch
+from torch.optim import Optimizer
+
+
+class RMSpropTF1(Optimizer):
+    def __init__(self, params, lr: float = 1e-3, decay: float = 0.9, momentum: float = 0.0,
+                 eps: float = 1e-10, initial_ms: float = 1.0, foreach: bool = True):
+        if not lr >= 0.0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"invalid decay (must be in [0, 1]): {decay}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"invalid momentum (must be in [0, 1)): {momentum}")
+        if not eps >= 0.0:
+            raise ValueError(f"invalid eps: {eps}")
+        if not initial_ms >= 0.0:
+            raise ValueError(f"invalid initial_ms: {initial_ms}")
+        defaults = dict(lr=lr, decay=decay, momentum=momentum, eps=eps, initial_ms=initial_ms, foreach=foreach)
+        super().__init__(params, defaults)
+
+    def _init_state(self, p, group):
+        state = self.state[p]
+        if not state:
+            state["ms"] = torch.full_like(p, group["initial_ms"], memory_format=torch.preserve_format)
+            state["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            states = [self._init_state(p, group) for p in params]
+            ms = [s["ms"] for s in states]
+            mom = [s["mom"] for s in states]
+            lr, decay, momentum, eps = group["lr"], group["decay"], group["momentum"], group["eps"]
+            if group["foreach"]:
+                # ms <- ms + (1 - decay) * (g^2 - ms), as TF's kernel writes it
+                torch._foreach_mul_(ms, decay)
+                torch._foreach_addcmul_(ms, grads, grads, value=1.0 - decay)
+                denom = torch._foreach_add(ms, eps)
+                torch._foreach_sqrt_(denom)
+                if momentum > 0.0:
+                    torch._foreach_mul_(mom, momentum)
+                    torch._foreach_addcdiv_(mom, grads, denom, value=lr)
+                    torch._foreach_sub_(params, mom)
+                else:
+                    torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+            else:
+                for p, g, m, b in zip(params, grads, ms, mom):
+                    m.mul_(decay).addcmul_(g, g, value=1.0 - decay)
+                    denom = (m + eps).sqrt_()
+                    if momentum > 0.0:
+                        b.mul_(momentum).addcdiv_(g, denom, value=lr)
+                        p.sub_(b)
+                    else:
+                        p.addcdiv_(g, denom, value=-lr)
+        return loss
