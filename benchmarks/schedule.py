@@ -31,6 +31,13 @@ def lr_factor(name: str, epoch: int, epochs: int, warmup_epochs: int = 0) -> flo
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def short_run(name: str, epochs: int, warmup_epochs: int) -> bool:
+    """True for runs too short for a warm-up schedule (epochs <= warmup + 1, e.g. `epochs=1` quick
+    looks): the official schedule would train them at lr 0 only, or not at all, so the runner
+    uses a constant learning rate for them (and says so)."""
+    return name != "constant" and epochs <= warmup_epochs + 1
+
+
 def epochs_to_train(epochs: int, skip_final_epoch: bool, stop_epoch: int | None = None) -> int:
     """How many epochs actually run: `epochs`, less the lr-0 final one if skipped, capped by stop_epoch."""
     n = epochs - 1 if skip_final_epoch else epochs

@@ -11,6 +11,7 @@ to the same directory (re-runs skip or resume), different configs never share on
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -19,6 +20,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,12 @@ from omegaconf import DictConfig, OmegaConf
 from baselines.factory import make_optimizer, make_step
 from benchmarks.data import load_dataset
 from benchmarks.models import ARCHITECTURES, build_autoencoder
-from benchmarks.schedule import epochs_to_train, lr_factor
+from benchmarks.schedule import epochs_to_train, lr_factor, short_run
 from benchmarks.tracking import WandbLogger, atomic_write_json, atomic_write_text, metrics_csv_text
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 # Keys that do not change what is trained, so they stay out of the run id.
-_ID_EXCLUDED = ("logger", "results_dir", "progress", "group", "resume", "stop_epoch", "eval_batch_size",
+_ID_EXCLUDED = ("logger", "results_dir", "progress", "group", "resume", "stop_epoch", "eval_batch_size", "warmup_steps",
                 "hydra", "device")
 _ID_EXCLUDED_DATASET = ("root", "download")
 FINAL_STATUSES = ("finished", "diverged")
@@ -200,10 +202,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True))
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         step = make_step(model, optimizer)
+        _warm_up(model, optimizer, data.train[:batch_size], int(cfg.warmup_steps))
         data_rng = torch.Generator(device=device)
         data_rng.manual_seed(cfg.seed)
 
-        n_epochs = epochs_to_train(cfg.epochs, cfg.schedule.skip_final_epoch, cfg.stop_epoch)
+        sched_name, warmup_epochs, skip_final = cfg.schedule.name, cfg.schedule.warmup_epochs, cfg.schedule.skip_final_epoch
+        if short_run(sched_name, cfg.epochs, warmup_epochs):
+            warnings.warn(f"epochs={cfg.epochs} is too short for the {sched_name} schedule with {warmup_epochs} "
+                          "warm-up epochs: using a constant learning rate for this run")
+            sched_name, warmup_epochs, skip_final = "constant", 0, False
+        n_epochs = epochs_to_train(cfg.epochs, skip_final, cfg.stop_epoch)
         rows: list[dict[str, Any]] = []
         start_epoch, wallclock, wandb_id = 1, 0.0, None
         checkpoint_path = run_dir / "checkpoint.pt"
@@ -240,7 +248,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             bar = tqdm(total=n_epochs, initial=start_epoch - 1, desc=name, unit="epoch", file=sys.stderr)
         try:
             for epoch in range(start_epoch, n_epochs + 1):
-                factor = lr_factor(cfg.schedule.name, epoch - 1, cfg.epochs, cfg.schedule.warmup_epochs)
+                factor = lr_factor(sched_name, epoch - 1, cfg.epochs, warmup_epochs)
                 for group, base in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base * factor
                 perm = torch.randperm(n_train, generator=data_rng, device=device)
@@ -273,7 +281,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                                    "optimizer": optimizer.state_dict(), "rng": _rng_state(device, data_rng),
                                                    "rows": rows, "wallclock": wallclock, "wandb_id": logger.id})
             else:
-                finished = n_epochs >= epochs_to_train(cfg.epochs, cfg.schedule.skip_final_epoch)
+                finished = n_epochs >= epochs_to_train(cfg.epochs, skip_final)
                 status = "finished" if finished else "stopped"
         except Exception as err:  # noqa: BLE001 - record, then let the caller decide
             status, reason = "failed", f"{type(err).__name__}: {err}"
@@ -293,6 +301,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.finish(summary)
     print(f"[{status}] {run_dir}" + (f" ({reason})" if reason else ""))
     return summary
+
+
+def _warm_up(model, optimizer, batch, n_steps: int) -> None:
+    """Run a few steps on throw-away copies, so one-time costs (allocator, kernel selection, lazy
+    initialisation) stay out of the first epoch's wall-clock without touching the real trajectory."""
+    if n_steps <= 0:
+        return
+    model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
+    step = make_step(model_copy, optimizer_copy)
+    for _ in range(n_steps):
+        step(batch)
+    _sync(batch.device)
 
 
 def _save_reconstructions(run_dir: Path, model, data, n: int = 10) -> None:

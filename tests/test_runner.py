@@ -1,0 +1,120 @@
+"""The runner end to end on tiny generated data: run tables, divergence, resume, config composition."""
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from baselines.factory import make_optimizer, make_step
+from benchmarks.config import CONFIG_DIR, compose_config
+from benchmarks.models import build_autoencoder
+from benchmarks.tracking import METRIC_COLUMNS
+from benchmarks.train import RunLock, run_dir_for, run_id_for, train
+
+DATASETS = ["mnist", "faces", "curves", "curves_synth", "faces_synth"]
+OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
+FIRST_ORDER = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "rmsprop_tf1", "adagrad_tf1", "adam_tf1"]
+TINY = ["dataset=curves_synth", "dataset.n_train=300", "dataset.n_test=100", "batch_size=100",
+        "model.sizes=[784,32,8,32,784]", "logger=disabled", "progress=false", "warmup_steps=1"]
+
+
+def tiny_cfg(tmp_path, *overrides):
+    return compose_config([*TINY, f"results_dir={tmp_path}", *overrides])
+
+
+def test_every_first_order_optimizer_config_exists():
+    assert set(FIRST_ORDER) <= set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_dataset_and_optimizer_config_composes(dataset, optimizer):
+    cfg = compose_config([f"dataset={dataset}", f"optimizer={optimizer}", "logger=disabled"])
+    assert cfg.dataset.name == dataset and cfg.optimizer.name == optimizer
+    model = build_autoencoder(sizes=[6, 4, 2, 4, 6], loss_kind="gaussian" if "faces" in dataset else "bernoulli")
+    opt = make_optimizer(model, dict(cfg.optimizer))  # every config's keys are real hyper-parameters
+    make_step(model, opt)(torch.rand(8, 6))
+
+
+def test_unknown_optimizer_and_bad_hyper_parameter_are_named():
+    model = build_autoencoder(sizes=[6, 4, 2, 4, 6])
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw2'"):
+        make_optimizer(model, {"name": "adamw2"})
+    with pytest.raises(ValueError, match="bad hyper-parameters for optimizer 'adam'"):
+        make_optimizer(model, {"name": "adam", "lr": 1e-3, "momentum": 0.9})
+
+
+def test_end_to_end_run_writes_tables(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optimizer=adam", "optimizer.lr=1e-3", "epochs=2", "schedule=constant")
+    summary = train(cfg)
+    run_dir = run_dir_for(cfg)
+    assert summary["status"] == "finished"
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "reconstructions.npz"}
+    assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "run.lock").exists()
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS and list(metrics.epoch) == [0, 1, 2]
+    assert metrics.train_ce.iloc[-1] < metrics.train_ce.iloc[0]
+    assert metrics.wallclock_s.is_monotonic_increasing and math.isnan(metrics.step_ms.iloc[0])
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["final_train_ce"] == pytest.approx(metrics.train_ce.iloc[-1])
+    assert on_disk["best_train_ce"] == pytest.approx(metrics.train_ce.min())
+    # a second invocation of a finished run is skipped, not re-trained or clobbered
+    assert train(cfg)["wallclock_s"] == summary["wallclock_s"]
+
+
+def test_diverging_run_is_recorded_not_raised(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optimizer=sgd", "optimizer.lr=1e38", "epochs=3", "schedule=constant")
+    summary = train(cfg)
+    assert summary["status"] == "diverged" and "non-finite" in summary["reason"]
+    assert (run_dir_for(cfg) / "metrics.csv").exists()
+
+
+def test_notebook_thresholds_end_hopeless_runs(tmp_path):
+    cfg = tiny_cfg(tmp_path, "optimizer=sgd", "optimizer.lr=0.0", "epochs=4", "schedule=constant",
+                   "divergence.patience_epoch=1", "divergence.patience_loss=1.0")
+    summary = train(cfg)
+    assert summary["status"] == "diverged" and summary["epochs_completed"] == 1
+    assert "still >" in summary["reason"]
+
+
+def test_stop_epoch_keeps_schedule_and_resume_equals_uninterrupted(tmp_path):
+    common = ["optimizer=rmsprop_tf1", "optimizer.lr=1e-4", "epochs=10", "schedule.warmup_epochs=2"]
+    full = train(tiny_cfg(tmp_path / "a", *common, "stop_epoch=4"))
+    assert full["status"] == "stopped"
+    part_cfg = tiny_cfg(tmp_path / "b", *common, "stop_epoch=2")
+    train(part_cfg)
+    assert (run_dir_for(part_cfg) / "checkpoint.pt").exists()
+    resumed = train(tiny_cfg(tmp_path / "b", *common, "stop_epoch=4"))
+    a = pd.read_csv(Path(full["run_dir"]) / "metrics.csv")
+    b = pd.read_csv(Path(resumed["run_dir"]) / "metrics.csv")
+    cols = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert list(a.lr) == pytest.approx([0.0, 0.0, 0.5e-4, 1e-4 * (1 - 1 / 8), 1e-4 * (1 - 2 / 8)])
+
+
+def test_run_id_depends_on_training_config_only(tmp_path):
+    a = tiny_cfg(tmp_path, "optimizer=adam")
+    assert run_id_for(a) == run_id_for(tiny_cfg(tmp_path / "x", "optimizer=adam", "progress=true", "group=g"))
+    assert run_id_for(a) != run_id_for(tiny_cfg(tmp_path, "optimizer=adam", "optimizer.lr=0.5"))
+    assert run_id_for(a) != run_id_for(tiny_cfg(tmp_path, "optimizer=adam", "seed=1"))
+
+
+def test_concurrent_writers_of_one_run_are_refused(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RuntimeError, match="in use"):
+            with RunLock(tmp_path):
+                pass
+    (tmp_path / "run.lock").write_text("otherhost:1")
+    with pytest.raises(RuntimeError, match="in use by otherhost"):
+        with RunLock(tmp_path):
+            pass
+
+
+def test_missing_data_names_the_file(tmp_path):
+    from benchmarks.data import DataError
+
+    cfg = compose_config(["dataset=curves", f"dataset.root={tmp_path}", "logger=disabled", f"results_dir={tmp_path}"])
+    with pytest.raises(DataError, match="digs3pts_1.mat"):
+        train(cfg)
