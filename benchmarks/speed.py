@@ -1,0 +1,233 @@
+"""`make bench`: ms/step of every optimizer on the benchmark autoencoders, measured honestly.
+
+For each architecture and optimizer: a fresh model and optimizer built from the shipped
+configs, `warmup` untimed steps, then `steps` timed steps on random data of the dataset's kind,
+the device synchronised after every step. Second-order methods refresh their preconditioners
+every 10 steps, so `steps` is rounded up to a multiple of 10 and the reported `ms_per_step` is
+the amortised mean over whole periods (the median is reported beside it). FLOPs per step are
+counted with `torch.utils.flop_counter` (matmuls only; eigendecompositions are not counted), and
+the achieved GFLOP/s is compared with this device's measured float32 matmul rate. Every ratio is
+to the BP+SGD and BP+RMSProp steps measured in the same process.
+
+Output: a table on the terminal and `results/bench/<device>.json` and `.md`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from baselines.factory import make_optimizer, make_step
+from benchmarks.config import compose_config
+from benchmarks.models import ARCHITECTURES, build_autoencoder
+from benchmarks.tracking import atomic_write_json, atomic_write_text
+
+ALL_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "rmsprop_tf1", "adagrad_tf1",
+                  "adam_tf1", "shampoo", "kfac", "locoprop_s", "locoprop_m")
+RESULT_KEYS = ("dataset", "optimizer", "batch_size", "width_multiplier", "depth_multiplier", "n_params",
+               "ms_per_step", "median_ms", "gflop_per_step", "gflops_achieved", "fraction_of_peak",
+               "peak_memory_mb", "ratio_to_sgd", "ratio_to_rmsprop", "status")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} cpu x{torch.get_num_threads()}"
+
+
+def matmul_peak_gflops(device: torch.device, n: int | None = None, repeats: int = 10) -> float:
+    """The device's measured float32 matmul rate (GFLOP/s), the yardstick for achieved GFLOP/s."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _data(loss_kind: str, n: int, dim: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
+    if loss_kind == "bernoulli":
+        return (torch.rand(n, dim, generator=gen, device=device) > 0.5).float()
+    return torch.randn(n, dim, generator=gen, device=device)
+
+
+def count_flops(step, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(x)
+    return float(counter.get_total_flops())
+
+
+def measure(dataset: str, optimizer: str, device: torch.device, batch_size: int = 1000, steps: int = 20,
+            warmup: int = 3, width: int = 1, depth: int = 1, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Time one optimizer's training step on one autoencoder; returns a result row."""
+    torch.manual_seed(0)
+    model = build_autoencoder(dataset, width_multiplier=width, depth_multiplier=depth).to(device)
+    cfg = compose_config([f"optimizer={optimizer}", *overrides])
+    opt = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True))
+    step = make_step(model, opt)
+    gen = torch.Generator(device=device).manual_seed(0)
+    period = 10
+    steps = period * math.ceil(steps / period)
+    batches = _data(model.loss_kind, batch_size * 4, model.sizes[0], device, gen)
+    batch = lambda i: batches[(i % 4) * batch_size:(i % 4 + 1) * batch_size]  # noqa: E731
+    for i in range(warmup):
+        step(batch(i))
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        loss = step(batch(i))
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    finite = bool(torch.isfinite(loss).item())
+    flops = count_flops(step, batch(0))
+    ms = 1e3 * sum(times) / len(times)
+    return {"dataset": dataset, "optimizer": optimizer, "batch_size": batch_size, "width_multiplier": width,
+            "depth_multiplier": depth, "n_params": sum(p.numel() for p in model.parameters()),
+            "ms_per_step": ms, "median_ms": 1e3 * statistics.median(times), "gflop_per_step": flops / 1e9,
+            "gflops_achieved": flops / 1e9 / (ms / 1e3),
+            "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None,
+            "status": "ok" if finite else "non-finite loss"}
+
+
+def run_bench(datasets, optimizers, device, batch_sizes=(1000,), widths=(1,), depths=(1,), steps=20, warmup=3):
+    peak = matmul_peak_gflops(device)
+    rows = []
+    for dataset in datasets:
+        for batch_size in batch_sizes:
+            for width in widths:
+                for depth in depths:
+                    group = []
+                    for name in dict.fromkeys(("sgd", "rmsprop", *optimizers)):
+                        try:
+                            row = measure(dataset, name, device, batch_size, steps, warmup, width, depth)
+                        except Exception as err:  # noqa: BLE001 - one broken optimizer must not hide the others
+                            row = {"dataset": dataset, "optimizer": name, "batch_size": batch_size,
+                                   "width_multiplier": width, "depth_multiplier": depth, "status": f"error: {err}"}
+                        group.append(row)
+                        print(_format_row(row), flush=True)
+                    base = {r["optimizer"]: r.get("ms_per_step") for r in group}
+                    for r in group:
+                        if r.get("ms_per_step"):
+                            r["ratio_to_sgd"] = r["ms_per_step"] / base["sgd"] if base.get("sgd") else None
+                            r["ratio_to_rmsprop"] = r["ms_per_step"] / base["rmsprop"] if base.get("rmsprop") else None
+                            r["fraction_of_peak"] = r["gflops_achieved"] / peak
+                    rows.extend(r for r in group if r["optimizer"] in optimizers)
+    return peak, rows
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    if "ms_per_step" not in row:
+        return f"{row['dataset']:>8} {row['optimizer']:>12}  {row['status']}"
+    return (f"{row['dataset']:>8} {row['optimizer']:>12} b{row['batch_size']:<5} w{row['width_multiplier']} "
+            f"d{row['depth_multiplier']}  {row['ms_per_step']:9.2f} ms/step (median {row['median_ms']:.2f})")
+
+
+def markdown_table(rows: list[dict[str, Any]], device: str, peak: float) -> str:
+    head = ["dataset", "optimizer", "batch", "width", "depth", "params", "ms/step", "median ms", "GFLOP/step",
+            "GFLOP/s", "% peak", "peak MB", "x SGD", "x RMSProp", "status"]
+    keys = ["dataset", "optimizer", "batch_size", "width_multiplier", "depth_multiplier", "n_params", "ms_per_step",
+            "median_ms", "gflop_per_step", "gflops_achieved", "fraction_of_peak", "peak_memory_mb", "ratio_to_sgd",
+            "ratio_to_rmsprop", "status"]
+
+    def fmt(key, value):
+        if value is None:
+            return "—"
+        if key == "fraction_of_peak":
+            return f"{100 * value:.1f}"
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    lines = [f"Device: {device}; measured float32 matmul peak {peak:.0f} GFLOP/s; torch {torch.__version__}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(fmt(k, r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def scaling_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """ms/step against parameter count, one line per optimizer (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for name in dict.fromkeys(r["optimizer"] for r in rows):
+        pts = sorted((r["n_params"], r["ms_per_step"]) for r in rows if r["optimizer"] == name and r.get("ms_per_step"))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="ms / step")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    for suffix in (".png", ".pdf"):
+        fig.savefig(path.with_suffix(suffix))
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--optimizers", nargs="+", default=list(ALL_OPTIMIZERS))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (rounded up to a multiple of 10); "
+                        "default 50 on GPU, 10 on CPU")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1000])
+    parser.add_argument("--scaling", action="store_true", help="also sweep width/depth multipliers 1,2,4 and batch "
+                        "sizes 250,1000,4000 (MNIST), with a plot of ms/step against parameter count")
+    parser.add_argument("--out", default="results/bench")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    steps = args.steps or (50 if device.type == "cuda" else 10)
+    unknown = set(args.optimizers) - set(ALL_OPTIMIZERS)
+    if unknown:
+        raise SystemExit(f"unknown optimizer(s) {sorted(unknown)}; choose from {', '.join(ALL_OPTIMIZERS)}")
+    name = device_name(device)
+    peak, rows = run_bench(args.datasets, args.optimizers, device, tuple(args.batch_sizes), steps=steps,
+                           warmup=args.warmup)
+    if args.scaling:
+        for multipliers in [dict(widths=(1, 2, 4)), dict(depths=(2, 4))]:
+            rows += run_bench(["mnist"], args.optimizers, device, steps=steps, warmup=args.warmup, **multipliers)[1]
+        rows += run_bench(["mnist"], args.optimizers, device, batch_sizes=(250, 4000), steps=steps,
+                          warmup=args.warmup)[1]
+    out = Path(args.out)
+    stem = name.replace(" ", "_").replace("/", "_")
+    table = markdown_table(rows, name, peak)
+    print("\n" + table)
+    atomic_write_json(out / f"{stem}.json", {"device": name, "matmul_peak_gflops": peak, "torch": torch.__version__,
+                                             "steps": steps, "warmup": args.warmup, "rows": rows})
+    atomic_write_text(out / f"{stem}.md", table)
+    written = [out / f"{stem}.json", out / f"{stem}.md"]
+    if args.scaling:
+        scaling_plot([r for r in rows if r["dataset"] == "mnist"], out / f"{stem}_scaling")
+        written += [out / f"{stem}_scaling.png", out / f"{stem}_scaling.pdf"]
+    for path in written:
+        print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
