@@ -31,7 +31,7 @@ summary:  ## summary.md / summary.csv from the local run tables
 	$(PYTHON) -m scripts.summary --results $(RESULTS) --group $(GROUP) --out $(RESULTS)
 
 reproduce:  ## the paper's comparison with the tuned configs, then figures and tables
-	$(PYTHON) -m scripts.reproduce --results $(RESULTS) $(REPRO_ARGS)
+	$(PYTHON) -m scripts.reproduce results=$(RESULTS) $(REPRO_ARGS)
 
 data:  ## download FACES, CURVES (and MNIST) into ./data (needs internet)
 	$(PYTHON) -m scripts.download_data --root data

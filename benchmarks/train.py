@@ -45,11 +45,23 @@ DIVERGED_PENALTY = 1.0e9  # objective returned to sweepers for diverged or faile
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' is cuda when available; with several GPUs, job k of a multirun gets cuda:(k mod #GPUs)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", _job_number() % torch.cuda.device_count())
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
     return torch.device(name)
+
+
+def _job_number() -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 0
+    num = HydraConfig.get().job.get("num")
+    return int(num) if num is not None else 0
 
 
 def run_id_for(cfg: DictConfig) -> str:
@@ -291,7 +303,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 bar.close()
         atomic_write_text(run_dir / "metrics.csv", metrics_csv_text(rows))
         _save_reconstructions(run_dir, model, data)
-        extra = {"run_dir": str(run_dir), "device": _device_name(device), "dataset": cfg.dataset.name,
+        extra = {"run_dir": str(run_dir), "device": device_name(device), "dataset": cfg.dataset.name,
                  "optimizer": cfg.optimizer.name, "seed": int(cfg.seed), "steps_per_epoch": steps_per_epoch,
                  "torch": torch.__version__, "git_commit": _git_commit()}
         summary = _summary(rows, status, reason, primary, extra)
@@ -326,7 +338,7 @@ def _save_reconstructions(run_dir: Path, model, data, n: int = 10) -> None:
     os.replace(tmp, run_dir / "reconstructions.npz")
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
