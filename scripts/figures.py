@@ -1,0 +1,436 @@
+"""The paper's comparison figures, drawn from the local run tables.
+
+    python -m scripts.figures --results results --group default --out results/figures
+
+Per dataset: train loss vs epoch, train loss vs wall-clock, test loss vs epoch, and a grid of
+test reconstructions; across datasets: an overview of the curves, the median time per step and a
+Dolan-More performance profile. Each line is the mean over seeds with the min..max range shaded;
+runs that diverged (or failed) are drawn on their own up to their last finite value, end in an
+'x' and are counted in the legend. Every figure is saved as PNG and PDF with the commit in its
+metadata, and `provenance.json` lists the runs and configs behind each figure.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from scripts.results_io import (GAUSSIAN_DATASETS, HEALTHY, load_runs, primary_metric,  # noqa: E402
+                                provenance, run_record, write_json)
+
+COLUMN_WIDTH, FULL_WIDTH = 3.3, 6.8  # inches: one paper column, the full page width
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 6.5,
+         "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.linewidth": 0.6, "lines.linewidth": 1.0,
+         "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 300}
+
+# One fixed look per optimizer in every figure; LocoProp drawn thick, solid and on top.
+OPTIMIZER_STYLES: dict[str, dict[str, Any]] = {
+    "locoprop_m": dict(label="LocoProp-M", color="#d62728", linestyle="-", linewidth=2.0, zorder=5),
+    "locoprop_s": dict(label="LocoProp-S", color="#000000", linestyle="-", linewidth=2.0, zorder=4),
+    "kfac": dict(label="K-FAC", color="#1f77b4", linestyle="-."),
+    "shampoo": dict(label="Shampoo", color="#ff7f0e", linestyle="-."),
+    "adam": dict(label="Adam", color="#2ca02c", linestyle="--"),
+    "adam_tf1": dict(label="Adam (TF1)", color="#2ca02c", linestyle=":"),
+    "rmsprop": dict(label="RMSProp", color="#9467bd", linestyle="--"),
+    "rmsprop_tf1": dict(label="RMSProp (TF1)", color="#9467bd", linestyle=":"),
+    "adagrad": dict(label="AdaGrad", color="#17becf", linestyle="--"),
+    "adagrad_tf1": dict(label="AdaGrad (TF1)", color="#17becf", linestyle=":"),
+    "nesterov": dict(label="Nesterov", color="#8c564b", linestyle="--"),
+    "momentum": dict(label="Momentum", color="#bcbd22", linestyle="--"),
+    "sgd": dict(label="SGD", color="#7f7f7f", linestyle=":"),
+}
+_FALLBACK_LINESTYLES = ("-", "--", "-.", ":")
+METRIC_LABELS = {"train_ce": "train cross-entropy", "test_ce": "test cross-entropy",
+                 "train_se": "train squared error", "test_se": "test squared error"}
+# FACES columns come from MATLAB, which stores each 25x25 image column by column (assumed from
+# MATLAB's convention; check against the real file): transpose them for display.
+COLUMN_MAJOR_DATASETS = ("faces",)
+DATASET_LABELS = {"mnist": "MNIST", "faces": "FACES", "curves": "CURVES",
+                  "curves_synth": "CURVES (synthetic)", "faces_synth": "FACES (synthetic)"}
+
+
+def style_for(optimizer: str) -> dict[str, Any]:
+    """The optimizer's fixed style; unknown names get grey with a name-derived dash pattern."""
+    if optimizer in OPTIMIZER_STYLES:
+        return {"linewidth": 1.0, "zorder": 3, **OPTIMIZER_STYLES[optimizer]}
+    dash = _FALLBACK_LINESTYLES[sum(map(ord, optimizer)) % len(_FALLBACK_LINESTYLES)]
+    return dict(label=optimizer, color="#555555", linestyle=dash, linewidth=1.0, zorder=2)
+
+
+def _plain_log_ticks(axis) -> None:
+    """Label a log axis 20, 30, 50 rather than 2x10^1 (easier to read in a small figure)."""
+    axis.set_major_formatter(LogFormatter())
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+
+
+def _legend_below(ax, ncol: int = 2, extra: list | None = None) -> None:
+    """Legend under the axes, so it never hides a curve (bbox_inches='tight' keeps it in the file)."""
+    handles, labels = ax.get_legend_handles_labels()
+    for handle in extra or []:
+        handles.append(handle)
+        labels.append(handle.get_label())
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=ncol, frameon=False,
+              handlelength=2.2, columnspacing=1.0)
+
+
+def _diverged_key() -> Line2D:
+    """Legend entry explaining the 'x' that ends a diverged run's line."""
+    return Line2D([], [], marker="x", color="#555555", linestyle="none", markersize=5,
+                  label="x: diverged (last finite value)")
+
+
+def ordered(optimizers: Iterable[str]) -> list[str]:
+    """Known optimizers in palette order (LocoProp first), unknown ones after, alphabetically."""
+    names = set(optimizers)
+    return [o for o in OPTIMIZER_STYLES if o in names] + sorted(names - set(OPTIMIZER_STYLES))
+
+
+def heldout_metric(dataset: str) -> str:
+    """The test-set twin of the primary train loss."""
+    return primary_metric(dataset).replace("train", "test")
+
+
+# ---------------------------------------------------------------- curves
+
+
+def _wide(metrics: pd.DataFrame, column: str) -> pd.DataFrame:
+    """epoch x run table of one column."""
+    return metrics.pivot_table(index="epoch", columns="run_dir", values=column, aggfunc="first", dropna=False)
+
+
+def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = "epoch") -> list[str]:
+    """One line per optimizer on `ax`: seed mean with min..max shading, diverged runs marked 'x'.
+
+    Against wall-clock, a point's x is the seeds' mean training time at that epoch.
+
+    Returns the run directories drawn, for the provenance record.
+    """
+    drawn: list[str] = []
+    for optimizer in ordered(runs["optimizer"]):
+        style = style_for(optimizer)
+        own = runs[runs["optimizer"] == optimizer]
+        healthy = own[own["status"].isin(HEALTHY)]
+        bad = own[~own["status"].isin(HEALTHY)]
+        label = style["label"] + _failure_note(own)
+        line_kw = {k: style[k] for k in ("color", "linestyle", "linewidth", "zorder")}
+        if len(healthy):
+            m = metrics[metrics["run_dir"].isin(healthy["run_dir"])]
+            ys = _wide(m, y).replace([np.inf, -np.inf], np.nan)
+            ys = ys.dropna(how="all")
+            if len(ys):
+                xs = ys.index.to_numpy(float) if x == "epoch" else _wide(m, x).loc[ys.index].mean(axis=1).to_numpy()
+                ax.plot(xs, ys.mean(axis=1), label=label, **line_kw)
+                if ys.shape[1] > 1:
+                    ax.fill_between(xs, ys.min(axis=1), ys.max(axis=1), color=style["color"], alpha=0.18,
+                                    linewidth=0, zorder=line_kw["zorder"] - 1)
+                label = None
+                drawn += list(healthy["run_dir"])
+        for _, run in bad.iterrows():
+            m = metrics[metrics["run_dir"] == run["run_dir"]]
+            m = m[np.isfinite(m[y].to_numpy(float))]
+            if not len(m):
+                continue
+            ax.plot(m[x], m[y], label=label, alpha=0.7, **{**line_kw, "linewidth": 0.8})
+            ax.plot(m[x].iloc[-1], m[y].iloc[-1], marker="x", color=style["color"], markersize=5,
+                    markeredgewidth=1.2, linestyle="none", zorder=6)
+            label = None
+            drawn.append(run["run_dir"])
+    ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("epoch" if x == "epoch" else "wall-clock (s)")
+    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
+    return drawn
+
+
+def _failure_note(own: pd.DataFrame) -> str:
+    """' (diverged k/n)' (and failed) for the legend, '' when every seed is healthy."""
+    n = len(own)
+    notes = [f"{status} {count}/{n}" for status, count in own["status"].value_counts().items()
+             if status not in HEALTHY]
+    return f" ({', '.join(sorted(notes))})" if notes else ""
+
+
+def curve_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str):
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
+    drawn = plot_curves(ax, runs, metrics, y, x)
+    ax.set_title(DATASET_LABELS.get(dataset, dataset))
+    _legend_below(ax, extra=[_diverged_key()] if (~runs["status"].isin(HEALTHY)).any() else None)
+    return fig, drawn
+
+
+def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame):
+    """Full-width grid: one row per dataset; train vs epoch, train vs time, test vs epoch."""
+    datasets = sorted(runs["dataset"].unique())
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(FULL_WIDTH, 1.9 * len(datasets) + 0.4), squeeze=False)
+    drawn: list[str] = []
+    for row, dataset in enumerate(datasets):
+        r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
+        panels = ((primary_metric(dataset), "epoch"), (primary_metric(dataset), "wallclock_s"),
+                  (heldout_metric(dataset), "epoch"))
+        for col, (y, x) in enumerate(panels):
+            drawn += plot_curves(axes[row, col], r, m, y, x)
+        axes[row, 0].set_title(DATASET_LABELS.get(dataset, dataset), loc="left")
+    handles = [Line2D([], [], **{k: v for k, v in style_for(o).items() if k != "zorder"})
+               for o in ordered(runs["optimizer"])]
+    if (~runs["status"].isin(HEALTHY)).any():
+        handles.append(_diverged_key())
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    return fig, sorted(set(drawn))
+
+
+# ---------------------------------------------------------------- step time
+
+
+def step_time_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """dataset x optimizer: median over runs of each run's median ms/step (all runs that timed steps)."""
+    timed = runs[np.isfinite(runs["step_ms_median"].to_numpy(float))] if "step_ms_median" in runs else runs[:0]
+    if not len(timed):
+        return pd.DataFrame()
+    table = timed.pivot_table(index="dataset", columns="optimizer", values="step_ms_median", aggfunc="median")
+    return table[ordered(table.columns)]
+
+
+def step_time_figure(runs: pd.DataFrame):
+    table = step_time_table(runs)
+    if table.empty:
+        return None, []
+    datasets, optimizers = list(table.index), list(table.columns)
+    width = 0.8 / len(optimizers)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH if len(datasets) <= 2 else FULL_WIDTH, 2.4))
+    for i, optimizer in enumerate(optimizers):
+        style = style_for(optimizer)
+        positions = np.arange(len(datasets)) - 0.4 + width * (i + 0.5)
+        ax.bar(positions, table[optimizer].to_numpy(float), width=width, color=style["color"],
+               edgecolor="black" if optimizer.startswith("locoprop") else "none", linewidth=0.6,
+               hatch=None if style["linestyle"] in ("-", "--") else "///", label=style["label"])
+    ax.set_xticks(np.arange(len(datasets)), [DATASET_LABELS.get(d, d) for d in datasets])
+    ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
+    ax.set_ylabel("median time per step (ms)")
+    ax.grid(True, axis="y", linewidth=0.3, alpha=0.5)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, frameon=False)
+    used = runs[np.isfinite(runs["step_ms_median"].to_numpy(float))]["run_dir"]
+    return fig, sorted(used)
+
+
+# ---------------------------------------------------------------- reconstructions
+
+
+def _display(images: np.ndarray, gaussian: bool) -> np.ndarray:
+    """Map images to [0,1]: probabilities are clipped; real-valued (FACES) ones min-max scaled each."""
+    images = np.nan_to_num(images.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if not gaussian:
+        return np.clip(images, 0.0, 1.0)
+    low = images.min(axis=1, keepdims=True)
+    span = images.max(axis=1, keepdims=True) - low
+    return (images - low) / np.where(span > 0, span, 1.0)
+
+
+def _load_reconstructions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(inputs, outputs, (h, w)) from reconstructions.npz, checked for consistent shapes."""
+    with np.load(run_dir / "reconstructions.npz") as npz:
+        inputs, outputs, shape = npz["inputs"], npz["outputs"], tuple(int(s) for s in npz["image_shape"])
+    if len(shape) != 2 or inputs.ndim != 2 or outputs.shape != inputs.shape or inputs.shape[1] != shape[0] * shape[1]:
+        raise ValueError(f"inconsistent shapes: inputs {inputs.shape}, outputs {outputs.shape}, image {shape}")
+    return inputs, outputs, shape
+
+
+def _representative(own: pd.DataFrame) -> pd.Series:
+    """The run whose reconstructions are shown: healthy before diverged, then the lowest seed."""
+    key = (~own["status"].isin(HEALTHY)).astype(int) * 10**9 + own["seed"]
+    return own.loc[key.sort_values(kind="stable").index[0]]
+
+
+def reconstruction_figure(dataset: str, runs: pd.DataFrame):
+    """Top row: the first test images; then one row of reconstructions per optimizer."""
+    import torch
+    from torchvision.utils import make_grid
+
+    rows, labels, drawn, originals, shape = [], [], [], None, None
+    for optimizer in ordered(runs["optimizer"]):
+        run = _representative(runs[runs["optimizer"] == optimizer])
+        try:
+            inputs, outputs, shape_i = _load_reconstructions(Path(run["run_dir"]))
+        except Exception as err:  # noqa: BLE001 - a missing or bad file only removes one row
+            warnings.warn(f"no reconstructions for {run['run_dir']}: {err}")
+            continue
+        if originals is None:
+            originals, shape = inputs, shape_i
+            rows.append(inputs)
+            labels.append("original")
+        elif shape_i != shape or outputs.shape[0] != originals.shape[0]:
+            warnings.warn(f"skipping reconstructions of {run['run_dir']}: shape differs from the first run's")
+            continue
+        elif not np.allclose(inputs, originals, equal_nan=True):
+            warnings.warn(f"{run['run_dir']} reconstructs other test images than the first run (seeded test set?)")
+        rows.append(outputs)
+        labels.append(style_for(optimizer)["label"] + (" (" + run["status"] + ")" if run["status"] not in HEALTHY else ""))
+        drawn.append(run["run_dir"])
+    if originals is None:
+        return None, []
+    gaussian = dataset in GAUSSIAN_DATASETS
+    n, (h, w) = originals.shape[0], shape
+    images = np.concatenate([_display(r, gaussian) for r in rows]).reshape(-1, 1, h, w)
+    if dataset in COLUMN_MAJOR_DATASETS:
+        images = images.transpose(0, 1, 3, 2)
+    pad = 2
+    grid = make_grid(torch.from_numpy(images).float(), nrow=n, padding=pad, pad_value=1.0)[0].numpy()
+    fig_h = COLUMN_WIDTH * grid.shape[0] / grid.shape[1]
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, fig_h + 0.25))
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([pad + i * (h + pad) + h / 2 for i in range(len(labels))], labels, fontsize=6)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(DATASET_LABELS.get(dataset, dataset) + (" (each image rescaled to [0,1])" if gaussian else ""),
+                 fontsize=8)
+    return fig, drawn
+
+
+# ---------------------------------------------------------------- performance profile
+
+
+def final_scores(runs: pd.DataFrame) -> pd.DataFrame:
+    """dataset x optimizer: mean over healthy seeds of the final primary train loss.
+
+    An optimizer with no healthy seed on a dataset (all diverged or failed) scores inf; one
+    that was not run on a dataset is NaN (left out of that dataset's comparison).
+    """
+    scores: dict[tuple[str, str], float] = {}
+    for (dataset, optimizer), own in runs.groupby(["dataset", "optimizer"]):
+        healthy = own[own["status"].isin(HEALTHY)]
+        values = healthy[f"final_{primary_metric(dataset)}"].to_numpy(float) if len(healthy) else np.array([])
+        values = values[np.isfinite(values)]
+        scores[(dataset, optimizer)] = float(values.mean()) if len(values) else np.inf
+    table = pd.Series(scores).unstack()
+    return table[ordered(table.columns)]
+
+
+def performance_profile(scores: pd.DataFrame, taus: Iterable[float]) -> pd.DataFrame:
+    """Dolan-More profile: rho_s(tau) = fraction of datasets where score <= tau * best score.
+
+    `scores` is dataset x optimizer (lower is better, > 0; inf = failed, NaN = not run and left
+    out of that dataset's denominator); returns a tau x optimizer table.
+    """
+    best = scores.replace(np.inf, np.nan).min(axis=1)
+    usable = best > 0
+    if not usable.all():
+        warnings.warn(f"performance profile ignores datasets without a positive finite best: {list(best.index[~usable])}")
+    ratios = scores[usable].div(best[usable], axis=0)
+    counted = scores[usable].notna()
+    taus = np.asarray(list(taus), dtype=float)
+    rho = {opt: [((ratios[opt] <= tau) & counted[opt]).sum() / max(counted[opt].sum(), 1) for tau in taus]
+           for opt in scores.columns}
+    return pd.DataFrame(rho, index=pd.Index(taus, name="tau"))
+
+
+def profile_figure(runs: pd.DataFrame):
+    scores = final_scores(runs)
+    best = scores.replace(np.inf, np.nan).min(axis=1)
+    ratios = scores.div(best, axis=0).to_numpy(float)
+    finite = ratios[np.isfinite(ratios)]
+    top = max(2.0, float(finite.max()) * 1.1) if finite.size else 2.0
+    taus = np.unique(np.concatenate([[1.0, top], finite[finite >= 1.0]]))
+    rho = performance_profile(scores, taus)
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.3))
+    for optimizer in rho.columns:
+        style = style_for(optimizer)
+        ax.step(rho.index, rho[optimizer], where="post", label=style["label"],
+                **{k: style[k] for k in ("color", "linestyle", "linewidth", "zorder")})
+    ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
+    ax.set_xlim(1.0, top)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(r"$\tau$ (final train loss / best on the dataset)")
+    ax.set_ylabel(f"fraction of datasets ({len(scores)})")
+    ax.grid(True, linewidth=0.3, alpha=0.5)
+    _legend_below(ax)
+    return fig, sorted(runs["run_dir"])
+
+
+# ---------------------------------------------------------------- output
+
+
+def save_figure(fig, out_dir: Path, name: str, commit: str | None) -> list[Path]:
+    """PNG + PDF, written atomically (temporary file + rename), commit in the file metadata."""
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{name}.{ext}"
+        tmp = out_dir / f".{name}.{ext}.tmp"
+        meta = ({"Subject": f"LocoProp reproduction, git commit {commit}", "Keywords": f"commit={commit}",
+                 "Creator": "scripts.figures"} if ext == "pdf" else {"Comment": f"git commit {commit}"})
+        try:
+            fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        print(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """Draw every figure into `out_dir`; returns {figure name: {files, runs}} for provenance.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    commit = provenance().get("git_commit")
+    record: dict[str, Any] = {}
+
+    def emit(name: str, fig, drawn: list[str]) -> None:
+        if fig is None:
+            return
+        files = save_figure(fig, out_dir, name, commit)
+        record[name] = {"files": [p.name for p in files], "runs": sorted(set(drawn))}
+
+    with plt.rc_context(STYLE):
+        for dataset in sorted(runs["dataset"].unique()):
+            r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
+            primary = primary_metric(dataset)
+            emit(f"{dataset}_train_vs_epoch", *curve_figure(dataset, r, m, primary, "epoch"))
+            emit(f"{dataset}_train_vs_time", *curve_figure(dataset, r, m, primary, "wallclock_s"))
+            emit(f"{dataset}_test_vs_epoch", *curve_figure(dataset, r, m, heldout_metric(dataset), "epoch"))
+            emit(f"{dataset}_reconstructions", *reconstruction_figure(dataset, r))
+        emit("overview", *overview_figure(runs, metrics))
+        emit("step_time", *step_time_figure(runs))
+        emit("performance_profile", *profile_figure(runs))
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="results", help="results directory holding runs/")
+    parser.add_argument("--group", default="default", help="experiment group (runs/<group>/...)")
+    parser.add_argument("--out", default=None, help="output folder (default: <results>/figures)")
+    args = parser.parse_args(argv)
+    runs, metrics = load_runs(args.results, args.group)
+    if runs.empty:
+        print(f"no runs found in {Path(args.results) / 'runs' / args.group} (a run needs summary.json and "
+              f"metrics.csv); train some with `python -m benchmarks.train group={args.group}`", file=sys.stderr)
+        return 1
+    out_dir = Path(args.out) if args.out else Path(args.results) / "figures"
+    record = make_figures(runs, metrics, out_dir)
+    info = {"provenance": provenance(runs), "group": args.group, "results_dir": str(args.results),
+            "figures": record, "runs": run_record(runs)}
+    write_json(out_dir / "provenance.json", info)
+    print(out_dir / "provenance.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The results table: per dataset x optimizer, losses over seeds, speed and time to a target loss.
+
+    python -m scripts.summary --results results --group default --out results [--targets mnist=60,curves=3]
+
+Writes `summary.md` (provenance on top, one table per dataset), `summary.csv` (every number,
+unrounded) and `summary_provenance.json`, each atomically. Conventions:
+- losses are mean ± sample std (ddof=1) over the finished/stopped seeds; diverged and failed
+  seeds are only counted;
+- ms/step is the median over all runs (diverged ones included: their steps were timed too) of
+  each run's median step time; wall-clock is the training time (evaluation excluded);
+- time to target: the first epoch whose primary train loss is <= the dataset's target, and the
+  training seconds up to its end, averaged over the healthy seeds that reached it ('(k/n)' when
+  only k of n did, '—' when none did). Default target: 1.05 x the best (lowest) optimizer's mean
+  final train loss on the dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.tracking import atomic_write_text
+from scripts.results_io import HEALTHY, load_runs, primary_metric, provenance, run_record, write_json
+
+LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
+DEFAULT_TARGET_FACTOR = 1.05
+DASH = "—"
+
+# Published numbers this harness can be checked against: (dataset, optimizer) ->
+# {"metric": column, "value": number, "source": where it is stated}. The LocoProp paper
+# (arXiv 2106.06199) and the official notebook report their results as plots only, so no value
+# can be quoted exactly; entries go here only with a citable source, never read off a plot.
+REFERENCE_VALUES: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def parse_targets(text: str | None) -> dict[str, float]:
+    """'mnist=60,curves=3.5' -> {'mnist': 60.0, 'curves': 3.5}."""
+    targets: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            targets[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad target {item!r}: expected dataset=number") from None
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"bad target {item!r}: expected dataset=number")
+    return targets
+
+
+def _finite(values: pd.Series) -> np.ndarray:
+    array = pd.to_numeric(values, errors="coerce").to_numpy(float)
+    return array[np.isfinite(array)]
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    array = _finite(values)
+    if not len(array):
+        return math.nan, math.nan
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
+
+
+def default_targets(runs: pd.DataFrame) -> dict[str, float]:
+    """Per dataset: 1.05 x the lowest mean final primary train loss over the optimizers."""
+    targets = {}
+    for dataset, own in runs[runs["status"].isin(HEALTHY)].groupby("dataset"):
+        column = f"final_{primary_metric(dataset)}"
+        means = own.groupby("optimizer")[column].apply(lambda v: _mean_std(v)[0]).dropna()
+        if len(means):
+            targets[dataset] = DEFAULT_TARGET_FACTOR * float(means.min())
+    return targets
+
+
+def time_to_target(metrics: pd.DataFrame, column: str, target: float) -> tuple[float, float]:
+    """(epoch, training seconds) when one run's `column` first reaches <= target; NaN if never."""
+    reached = metrics[pd.to_numeric(metrics[column], errors="coerce") <= target].sort_values("epoch")
+    if not len(reached):
+        return math.nan, math.nan
+    first = reached.iloc[0]
+    return float(first["epoch"]), float(first["wallclock_s"])
+
+
+def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per dataset x optimizer with every number of the table (unformatted)."""
+    targets = {**default_targets(runs), **(targets or {})}
+    rows = []
+    for (dataset, optimizer), own in runs.groupby(["dataset", "optimizer"], sort=True):
+        primary = primary_metric(dataset)
+        healthy = own[own["status"].isin(HEALTHY)]
+        row: dict[str, Any] = {"dataset": dataset, "optimizer": optimizer, "primary_metric": primary,
+                               "n_seeds": len(own), "n_healthy": len(healthy),
+                               "n_diverged": int((own["status"] == "diverged").sum()),
+                               "n_failed": int((own["status"] == "failed").sum())}
+        for loss in LOSSES:
+            for kind in ("final", "best"):
+                column = f"{kind}_{loss}"
+                values = healthy[column] if column in healthy else pd.Series(dtype=float)
+                row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(values)
+        steps = _finite(own["step_ms_median"]) if "step_ms_median" in own else np.array([])
+        row["step_ms_median"] = float(np.median(steps)) if len(steps) else math.nan
+        wall = _finite(own["wallclock_s"]) if "wallclock_s" in own else np.array([])
+        row["wallclock_s_total"] = float(wall.sum()) if len(wall) else math.nan
+        row["wallclock_s_mean"] = float(wall.mean()) if len(wall) else math.nan
+        target = targets.get(dataset, math.nan)
+        reached = [time_to_target(metrics[metrics["run_dir"] == d], primary, target) for d in healthy["run_dir"]]
+        reached = [r for r in reached if not math.isnan(r[0])]
+        row.update(target=target, n_reached_target=len(reached),
+                   epochs_to_target=float(np.mean([r[0] for r in reached])) if reached else math.nan,
+                   seconds_to_target=float(np.mean([r[1] for r in reached])) if reached else math.nan)
+        reference = REFERENCE_VALUES.get((dataset, optimizer))
+        row["reference"] = (f"{reference['metric']} = {reference['value']}" if reference else "")
+        row["reference_source"] = reference["source"] if reference else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _fmt(mean: float, std: float = math.nan, digits: int = 4) -> str:
+    if mean is None or not math.isfinite(mean):
+        return DASH
+    text = f"{mean:.{digits}g}"
+    return f"{text} ± {std:.2g}" if std is not None and math.isfinite(std) else text
+
+
+def _reach(value: float, n_reached: int, n_healthy: int, digits: int = 4) -> str:
+    if not n_reached:
+        return DASH
+    note = f" ({n_reached}/{n_healthy})" if n_reached < n_healthy else ""
+    return _fmt(value, digits=digits) + note
+
+
+def dataset_table(table: pd.DataFrame) -> str:
+    """One dataset's markdown table; loss columns that are empty for every optimizer are dropped."""
+    losses = [loss for loss in LOSSES if table[f"final_{loss}_mean"].notna().any()]
+    header = ["optimizer", "seeds", "diverged"]
+    for loss in losses:
+        split, kind = loss.split("_")
+        header += [f"final {split} {kind.upper()}", f"best {split} {kind.upper()}"]
+    header += ["ms/step", "wall-clock (s, all seeds)", "epochs to target", "s to target", "reference"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [r["optimizer"], str(r["n_seeds"]), f"{r['n_diverged']}/{r['n_seeds']}"]
+        for loss in losses:
+            cells += [_fmt(r[f"final_{loss}_mean"], r[f"final_{loss}_std"]),
+                      _fmt(r[f"best_{loss}_mean"], r[f"best_{loss}_std"])]
+        reference = f"{r['reference']} ({r['reference_source']})" if r["reference"] else ""
+        cells += [_fmt(r["step_ms_median"], digits=3), _fmt(r["wallclock_s_total"], digits=4),
+                  _reach(r["epochs_to_target"], r["n_reached_target"], r["n_healthy"], digits=3),
+                  _reach(r["seconds_to_target"], r["n_reached_target"], r["n_healthy"]), reference]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(table: pd.DataFrame, info: dict[str, Any], runs: pd.DataFrame, group: str,
+             given_targets: dict[str, float]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    out = [f"# LocoProp reproduction: results of group `{group}`", "",
+           f"- commit: `{info['git_commit']}`" + (" (uncommitted changes)" if info.get("git_dirty") else ""),
+           f"- generated: {info['created_utc']} on `{info['hostname']}`",
+           f"- devices (from the runs): {', '.join(info.get('devices', [])) or 'unknown'}",
+           f"- runs' commits: {', '.join(c[:12] for c in info.get('run_git_commits', [])) or 'unknown'}",
+           f"- python {info['python']}; {versions}",
+           f"- runs used: {len(runs)} (listed at the end and in summary_provenance.json)",
+           "- losses: mean ± sample std over finished/stopped seeds (diverged/failed seeds only counted); "
+           "CE = cross-entropy summed over pixels, SE = squared error summed over pixels, both averaged over "
+           "examples; ms/step: median over runs; time to target: mean over the seeds that reached it "
+           "('(k/n)' when not all did, '—' when none did)", ""]
+    for dataset, part in table.groupby("dataset", sort=True):
+        target = part["target"].iloc[0]
+        how = "given" if dataset in given_targets else f"{DEFAULT_TARGET_FACTOR} x best mean final"
+        out += [f"## {dataset}", "",
+                f"Primary metric `{part['primary_metric'].iloc[0]}`; target {_fmt(target)} ({how}).", "",
+                dataset_table(part), ""]
+    out += ["<details><summary>Runs used</summary>", ""]
+    out += [f"- `{r['run_dir']}` ({r['status']})" for _, r in runs.iterrows()]
+    out += ["", "</details>", ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default="results", help="results directory holding runs/")
+    parser.add_argument("--group", default="default", help="experiment group (runs/<group>/...)")
+    parser.add_argument("--out", default=None, help="output folder (default: --results)")
+    parser.add_argument("--targets", type=parse_targets, default={},
+                        help="target train loss per dataset, e.g. mnist=60,curves=3 (default: 1.05 x best)")
+    args = parser.parse_args(argv)
+    runs, metrics = load_runs(args.results, args.group)
+    if runs.empty:
+        print(f"no runs found in {Path(args.results) / 'runs' / args.group} (a run needs summary.json and "
+              f"metrics.csv); train some with `python -m benchmarks.train group={args.group}`", file=sys.stderr)
+        return 1
+    out_dir = Path(args.out) if args.out else Path(args.results)
+    table = summarize(runs, metrics, args.targets)
+    info = provenance(runs)
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    outputs = {out_dir / "summary.csv": buffer.getvalue(),
+               out_dir / "summary.md": markdown(table, info, runs, args.group, args.targets)}
+    for path, text in outputs.items():
+        atomic_write_text(path, text)
+        print(path)
+    write_json(out_dir / "summary_provenance.json", {"provenance": info, "group": args.group,
+                                                     "results_dir": str(args.results),
+                                                     "targets": dict(zip(table["dataset"], table["target"])),
+                                                     "runs": run_record(runs)})
+    print(out_dir / "summary_provenance.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""scripts.figures on a small hand-made results tree (tests/fixtures.py)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from scripts import figures
+from scripts.results_io import load_runs
+from tests.fixtures import make_results
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("curves_synth", "faces_synth")
+FIGURES = [f"{d}_{kind}" for d in DATASETS
+           for kind in ("train_vs_epoch", "train_vs_time", "test_vs_epoch", "reconstructions")]
+FIGURES += ["overview", "step_time", "performance_profile"]
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """Run the CLI once on the fixture (broken and unfinished runs included); share the output."""
+    results = make_results(tmp_path_factory.mktemp("results"), broken=True)
+    out = results / "figures"
+    printed = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed):
+        warnings.simplefilter("always")
+        code = figures.main(["--results", str(results), "--group", "default", "--out", str(out)])
+    return results, out, code, [str(w.message) for w in caught], printed.getvalue().split()
+
+
+def test_every_figure_is_written_as_png_and_pdf(drawn):
+    _, out, code, _, printed = drawn
+    assert code == 0
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            path = out / f"{name}.{ext}"
+            assert path.is_file() and path.stat().st_size > 1000, path
+            assert str(path) in printed
+    assert str(out / "provenance.json") in printed
+    assert not list(out.glob(".*tmp")), "temporary files left behind"
+
+
+def test_pdf_metadata_and_provenance_name_the_commit_and_runs(drawn):
+    results, out, _, _, _ = drawn
+    info = json.loads((out / "provenance.json").read_text())
+    commit = info["provenance"]["git_commit"]
+    assert commit and f"commit={commit}".encode() in (out / "overview.pdf").read_bytes()
+    assert set(info["figures"]) == set(FIGURES)
+    assert info["provenance"]["devices"] == ["cpu (2 threads)"]
+    assert {"torch", "numpy", "pandas", "matplotlib"} <= set(info["provenance"]["versions"])
+    diverged = str(results / "runs/default/faces_synth/sgd/seed1-0000abcd")
+    assert diverged in info["figures"]["faces_synth_train_vs_epoch"]["runs"]
+    assert info["runs"][diverged]["status"] == "diverged"
+    assert info["runs"][diverged]["config"]["optimizer"]["lr"] == 0.01
+    assert len(info["runs"]) == 12  # the broken and the unfinished run are not used
+
+
+def test_broken_run_is_skipped_with_a_warning(drawn):
+    _, _, code, messages, _ = drawn
+    assert code == 0
+    assert any("skipping unreadable run" in m and "seed7-deadbeef" in m for m in messages)
+    assert not any("seed8-cafef00d" in m for m in messages)  # unfinished: skipped quietly
+
+
+def test_diverged_run_is_marked_and_counted_in_the_legend(tmp_path):
+    runs, metrics = load_runs(make_results(tmp_path), "default")
+    faces = runs["dataset"] == "faces_synth"
+    fig, drawn_runs = figures.curve_figure("faces_synth", runs[faces], metrics[metrics["dataset"] == "faces_synth"],
+                                           "train_se", "epoch")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "SGD (diverged 1/2)" in labels and "Adam" in labels and "LocoProp-M" in labels
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1
+    assert crosses[0].get_xdata()[0] == 1 and crosses[0].get_ydata()[0] == 45  # last finite value
+    assert len(drawn_runs) == 6
+    plt.close(fig)
+
+
+def test_partial_results_one_dataset_all_seeds_diverged(tmp_path):
+    """Only faces_synth: sgd with every seed diverged, one healthy adam run; each figure still renders."""
+    from tests.fixtures import write_run
+
+    write_run(tmp_path, "faces_synth", "sgd", 0, [80, 50, float("inf")])
+    write_run(tmp_path, "faces_synth", "sgd", 1, [80, 45, float("inf")])
+    write_run(tmp_path, "faces_synth", "adam", 0, [80, 40, 30])
+    runs, metrics = load_runs(tmp_path, "default")
+    assert figures.final_scores(runs).loc["faces_synth"].to_dict() == {"adam": 30.0, "sgd": np.inf}
+    built = [figures.curve_figure("faces_synth", runs, metrics, "train_se", "wallclock_s"),
+             figures.overview_figure(runs, metrics), figures.step_time_figure(runs),
+             figures.reconstruction_figure("faces_synth", runs), figures.profile_figure(runs)]
+    for fig, drawn_runs in built:
+        fig.canvas.draw()  # render (no file): catches e.g. log axes without finite data
+        assert drawn_runs
+        plt.close(fig)
+    legend = [t.get_text() for t in built[0][0].axes[0].get_legend().get_texts()]
+    assert "SGD (diverged 2/2)" in legend
+
+
+def test_styles_are_fixed_distinct_and_locoprop_stands_out():
+    pairs = [(s["color"], s["linestyle"]) for s in figures.OPTIMIZER_STYLES.values()]
+    assert len(set(pairs)) == len(pairs)
+    widths = {name: figures.style_for(name)["linewidth"] for name in figures.OPTIMIZER_STYLES}
+    assert min(widths["locoprop_s"], widths["locoprop_m"]) > max(w for n, w in widths.items() if "locoprop" not in n)
+    assert figures.style_for("unknown_opt")["label"] == "unknown_opt"
+    assert figures.ordered(["sgd", "zzz", "locoprop_m", "adam"]) == ["locoprop_m", "adam", "sgd", "zzz"]
+
+
+def test_performance_profile_hand_case():
+    # best per dataset: d1 = 1, d2 = 2; ratios A: [1, 2], B: [2, 1], C: [inf (failed), 1.5]
+    scores = pd.DataFrame({"A": [1.0, 4.0], "B": [2.0, 2.0], "C": [np.inf, 3.0]}, index=["d1", "d2"])
+    rho = figures.performance_profile(scores, [1.0, 1.5, 1.99, 2.0, 100.0])
+    assert rho["A"].tolist() == [0.5, 0.5, 0.5, 1.0, 1.0]
+    assert rho["B"].tolist() == [0.5, 0.5, 0.5, 1.0, 1.0]
+    assert rho["C"].tolist() == [0.0, 0.5, 0.5, 0.5, 0.5]
+
+
+def test_performance_profile_leaves_out_optimizers_not_run_on_a_dataset():
+    scores = pd.DataFrame({"A": [1.0, 1.0], "B": [np.nan, 2.0]}, index=["d1", "d2"])
+    rho = figures.performance_profile(scores, [1.0, 2.0])
+    assert rho["B"].tolist() == [0.0, 1.0]  # judged on d2 only
+    assert rho["A"].tolist() == [1.0, 1.0]
+
+
+def test_final_scores_from_the_fixture(tmp_path):
+    runs, _ = load_runs(make_results(tmp_path), "default")
+    scores = figures.final_scores(runs)
+    # mean final primary loss over healthy seeds; faces_synth/sgd keeps only seed 0 (seed 1 diverged)
+    assert scores.loc["curves_synth"].to_dict() == {"locoprop_m": 9.5, "adam": 11.0, "sgd": 55.0}
+    assert scores.loc["faces_synth"].to_dict() == {"locoprop_m": 16.0, "adam": 21.0, "sgd": 25.0}
+
+
+def test_reconstruction_display_scaling():
+    faces = figures._display(np.array([[-2.0, 0.0, 2.0], [np.nan, 1.0, 3.0]]), gaussian=True)
+    np.testing.assert_allclose(faces, [[0.0, 0.5, 1.0], [0.0, 1 / 3, 1.0]])
+    probs = figures._display(np.array([[-0.1, 0.4, 1.2]]), gaussian=False)
+    np.testing.assert_allclose(probs, [[0.0, 0.4, 1.0]])
+
+
+def test_no_runs_exits_1_with_a_clear_message(tmp_path, capsys):
+    assert figures.main(["--results", str(tmp_path), "--group", "default"]) == 1
+    assert "no runs found" in capsys.readouterr().err
+    assert not (tmp_path / "figures").exists()
+
+
+def test_cli_exit_code_without_runs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scripts.figures", "--results", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no runs found" in proc.stderr

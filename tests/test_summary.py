@@ -1,0 +1,156 @@
+"""scripts.summary on the hand-made results tree: every number checked against hand arithmetic."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from scripts import summary
+from scripts.results_io import load_runs
+from tests.fixtures import make_results
+
+SQRT2 = math.sqrt(2.0)
+pytestmark = pytest.mark.filterwarnings("ignore:skipping unreadable run")  # asserted in test_figures
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return make_results(tmp_path_factory.mktemp("results"), broken=True)
+
+
+def _run(results, out, *extra):
+    code = summary.main(["--results", str(results), "--group", "default", "--out", str(out), *extra])
+    table = pd.read_csv(out / "summary.csv").set_index(["dataset", "optimizer"])
+    return code, table, (out / "summary.md").read_text(), out
+
+
+@pytest.fixture(scope="module")
+def default_table(results, tmp_path_factory):
+    return _run(results, tmp_path_factory.mktemp("out"))
+
+
+def test_writes_all_files_and_skips_the_broken_run(default_table, results):
+    code, table, _, _ = default_table
+    assert code == 0
+    assert len(table) == 6  # 2 datasets x 3 optimizers; the broken run (seed 7) is not counted
+    assert table.loc[("curves_synth", "adam"), "n_seeds"] == 2
+
+
+def test_means_and_stds_equal_hand_computed_values(default_table):
+    _, t, _, _ = default_table
+    adam = t.loc[("curves_synth", "adam")]
+    assert adam["final_train_ce_mean"] == pytest.approx(11.0)  # (10 + 12) / 2
+    assert adam["final_train_ce_std"] == pytest.approx(SQRT2)  # sample std of {10, 12}
+    assert adam["final_test_ce_mean"] == pytest.approx(16.0)
+    assert adam["final_train_se_mean"] == pytest.approx(1.1)
+    assert adam["final_train_se_std"] == pytest.approx(SQRT2 / 10)
+    assert adam["best_train_ce_mean"] == pytest.approx(11.0)
+    assert t.loc[("curves_synth", "sgd"), "final_train_ce_mean"] == pytest.approx(55.0)
+    assert t.loc[("curves_synth", "sgd"), "final_train_ce_std"] == pytest.approx(5 * SQRT2)
+    assert t.loc[("curves_synth", "locoprop_m"), "final_train_ce_mean"] == pytest.approx(9.5)
+    assert t.loc[("curves_synth", "locoprop_m"), "final_train_ce_std"] == pytest.approx(SQRT2 / 2)
+    faces = t.loc[("faces_synth", "locoprop_m")]
+    assert faces["final_train_se_mean"] == pytest.approx(16.0) and faces["final_test_se_mean"] == pytest.approx(26.0)
+    assert math.isnan(faces["final_train_ce_mean"])  # gaussian dataset: no cross-entropy
+
+
+def test_diverged_seed_is_counted_not_averaged(default_table):
+    _, t, md, _ = default_table
+    sgd = t.loc[("faces_synth", "sgd")]
+    assert (sgd["n_seeds"], sgd["n_healthy"], sgd["n_diverged"], sgd["n_failed"]) == (2, 1, 1, 0)
+    assert sgd["final_train_se_mean"] == pytest.approx(25.0) and math.isnan(sgd["final_train_se_std"])
+    assert sgd["best_train_se_mean"] == pytest.approx(25.0)
+    assert t["n_diverged"].sum() == 1
+    assert "| sgd | 2 | 1/2 | 25 | 25 | 35 | 35 |" in md
+
+
+def test_timings(default_table):
+    _, t, _, _ = default_table
+    adam = t.loc[("faces_synth", "adam")]
+    assert adam["step_ms_median"] == pytest.approx(125.0)  # median of the runs' 100 and 150 ms
+    assert adam["wallclock_s_total"] == pytest.approx(10.0)  # 4 x 1.0 s + 4 x 1.5 s
+    assert adam["wallclock_s_mean"] == pytest.approx(5.0)
+    sgd = t.loc[("faces_synth", "sgd")]  # the diverged seed's time counts too: 4 x 0.5 + 2 x 0.75
+    assert sgd["wallclock_s_total"] == pytest.approx(3.5) and sgd["step_ms_median"] == pytest.approx(62.5)
+
+
+def test_default_target_and_time_to_target(default_table):
+    _, t, md, _ = default_table
+    assert t.loc[("curves_synth", "adam"), "target"] == pytest.approx(1.05 * 9.5)
+    assert t.loc[("faces_synth", "adam"), "target"] == pytest.approx(1.05 * 16.0)
+    lm = t.loc[("curves_synth", "locoprop_m")]  # seed 0 reaches 9 <= 9.975 at epoch 4; seed 1 ends at 10
+    assert (lm["epochs_to_target"], lm["seconds_to_target"], lm["n_reached_target"]) == (4.0, 12.0, 1)
+    lm = t.loc[("faces_synth", "locoprop_m")]  # seed 0: 16 <= 16.8 at epoch 3, 3 x 3.0 s
+    assert (lm["epochs_to_target"], lm["seconds_to_target"], lm["n_reached_target"]) == (3.0, 9.0, 1)
+    assert math.isnan(t.loc[("curves_synth", "adam"), "epochs_to_target"])
+    assert t.loc[("curves_synth", "adam"), "n_reached_target"] == 0
+    assert "| 4 (1/2) | 12 (1/2) |" in md and "| — | — |" in md
+
+
+def test_given_targets(results, tmp_path):
+    code, t, md, _ = _run(results, tmp_path, "--targets", "curves_synth=25, faces_synth=30")
+    assert code == 0
+    adam = t.loc[("curves_synth", "adam")]  # both seeds at epoch 3 (20, 24); 3 x 1.0 s and 3 x 1.5 s
+    assert (adam["epochs_to_target"], adam["seconds_to_target"], adam["n_reached_target"]) == (3.0, 3.75, 2)
+    assert t.loc[("curves_synth", "locoprop_m"), "epochs_to_target"] == 1.0
+    assert t.loc[("curves_synth", "sgd"), "n_reached_target"] == 0
+    faces = t.loc[("faces_synth", "adam")]  # seed 0 at epoch 2 (2.0 s), seed 1 at epoch 3 (4.5 s)
+    assert (faces["epochs_to_target"], faces["seconds_to_target"]) == (2.5, 3.25)
+    sgd = t.loc[("faces_synth", "sgd")]  # healthy seed 0 only: epoch 3, 1.5 s
+    assert (sgd["epochs_to_target"], sgd["seconds_to_target"], sgd["n_reached_target"]) == (3.0, 1.5, 1)
+    assert "target 25 (given)" in md
+
+
+def test_markdown_has_provenance_and_readable_tables(default_table, results):
+    _, _, md, _ = default_table
+    head = md.split("## ")[0]
+    for key in ("commit:", "devices (from the runs): cpu (2 threads)", "pandas", "matplotlib", "torch",
+                "runs used: 12"):
+        assert key in head
+    faces = md.split("## faces_synth")[1]
+    assert "CE" not in faces.split("\n\n")[2]  # no empty cross-entropy columns for FACES
+    assert str(results / "runs/default/faces_synth/sgd/seed1-0000abcd") + "` (diverged)" in md
+
+
+def test_provenance_json(default_table, results):
+    out = default_table[3] / "summary_provenance.json"
+    info = json.loads(out.read_text())
+    assert info["provenance"]["git_commit"] and len(info["runs"]) == 12
+    assert info["targets"]["curves_synth"] == pytest.approx(9.975)
+    assert not list(out.parent.glob(".*tmp"))
+
+
+def test_reference_column(monkeypatch, results):
+    monkeypatch.setitem(summary.REFERENCE_VALUES, ("curves_synth", "adam"),
+                        {"metric": "final_train_ce", "value": 12.5, "source": "a test source"})
+    runs, metrics = load_runs(results, "default")
+    table = summary.summarize(runs, metrics).set_index(["dataset", "optimizer"])
+    assert table.loc[("curves_synth", "adam"), "reference"] == "final_train_ce = 12.5"
+    assert table.loc[("curves_synth", "adam"), "reference_source"] == "a test source"
+    assert table.loc[("curves_synth", "sgd"), "reference"] == ""
+
+
+def test_parse_targets():
+    assert summary.parse_targets("mnist=60, curves=3.5") == {"mnist": 60.0, "curves": 3.5}
+    assert summary.parse_targets("") == {}
+    for bad in ("mnist", "mnist=abc", "=3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            summary.parse_targets(bad)
+
+
+def test_failed_render_leaves_previous_files_intact(results, tmp_path, monkeypatch):
+    _run(results, tmp_path)
+    before = (tmp_path / "summary.csv").read_text()
+    monkeypatch.setattr(summary, "markdown", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        summary.main(["--results", str(results), "--out", str(tmp_path)])
+    assert (tmp_path / "summary.csv").read_text() == before
+
+
+def test_no_runs_exits_1_with_a_clear_message(tmp_path, capsys):
+    assert summary.main(["--results", str(tmp_path), "--group", "default"]) == 1
+    assert "no runs found" in capsys.readouterr().err
+    assert not (tmp_path / "summary.md").exists()
