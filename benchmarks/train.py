@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from baselines.factory import make_optimizer, make_step
 from benchmarks.data import load_dataset
+from benchmarks.fast import CudaGraphStep, compiled_step
 from benchmarks.models import ARCHITECTURES, build_autoencoder
 from benchmarks.schedule import epochs_to_train, lr_factor, short_run
 from benchmarks.tracking import WandbLogger, atomic_write_json, atomic_write_text, metrics_csv_text
@@ -189,9 +190,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if previous.get("status") in FINAL_STATUSES:
             print(f"[skip] {run_dir} already {previous['status']}")
             return previous
-    if cfg.device == "auto" or device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+    torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)  # recorded in config.yaml either way
+    torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
 
     with RunLock(run_dir):
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -215,6 +215,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         step = make_step(model, optimizer)
         _warm_up(model, optimizer, data.train[:batch_size], int(cfg.warmup_steps))
+        if cfg.compile:
+            step = compiled_step(step)
+        if cfg.cuda_graph:
+            step = CudaGraphStep(step, optimizer)
         data_rng = torch.Generator(device=device)
         data_rng.manual_seed(cfg.seed)
 

@@ -1,0 +1,96 @@
+"""Sweeps, tuned-config export and loading, launchers, and a CPU-sized `make reproduce`."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from benchmarks.config import CONFIG_DIR, compose_config
+from scripts import reproduce, tune
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
+        "epochs=2", "stop_epoch=2", "schedule=constant", "warmup_steps=0"]
+
+
+def test_sweep_configs_exist_for_every_optimizer():
+    optimizers = {p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml")}
+    sweeps = {p.stem for p in (CONFIG_DIR / "sweep").glob("*.yaml")}
+    assert optimizers == sweeps
+
+
+@pytest.mark.parametrize("launcher, key", [("parallel", "n_jobs"), ("slurm", "gpus_per_node")])
+def test_launcher_configs_compose(launcher, key):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert key in cfg.hydra.launcher and "Launcher" in cfg.hydra.launcher._target_
+
+
+def _train_cli(tmp_path, *args):
+    cmd = [sys.executable, "-m", "benchmarks.train", *args, f"results_dir={tmp_path}", "logger=disabled",
+           "progress=false", "dataset=curves_synth", *TINY]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_two_point_multirun_sweep_writes_two_runs(tmp_path):
+    out = _train_cli(tmp_path, "-m", "optimizer=adam", "optimizer.lr=1e-3,1e-2", "group=sweep")
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = sorted((tmp_path / "runs" / "sweep" / "curves_synth" / "adam").iterdir())
+    assert len(runs) == 2
+    lrs = sorted(yaml.safe_load((r / "config.yaml").read_text())["optimizer"]["lr"] for r in runs)
+    assert lrs == [1e-3, 1e-2]
+
+
+def test_optuna_sweep_exports_a_tuned_config_the_runner_loads(tmp_path):
+    tuned_dir = tmp_path / "tuned"
+    path = tune.main(["--dataset", "curves_synth", "--optimizer", "sgd", "--trials", "2", "--results", str(tmp_path),
+                      "--tuned-dir", str(tuned_dir), *TINY])
+    text = path.read_text()
+    assert text.startswith("# @package _global_")
+    exported = yaml.safe_load(text)
+    assert exported["tuned_source"]["kind"] == "search" and exported["tuned_source"]["budget_trials"] == 2
+    lr = exported["optimizer"]["lr"]
+    trial_lrs = [yaml.safe_load(p.read_text())["optimizer"]["lr"]
+                 for p in (tmp_path / "runs").glob("tune-*/curves_synth/sgd/*/config.yaml")]
+    assert len(trial_lrs) == 2 and lr in trial_lrs
+    # the runner loads it through the config search path
+    (REPO / "results" / "tuned" / "_test").mkdir(parents=True, exist_ok=True)
+    target = REPO / "results" / "tuned" / "_test" / "sgd.yaml"
+    try:
+        target.write_text(text)
+        cfg = compose_config(["tuned=_test/sgd"])
+        assert cfg.optimizer.name == "sgd" and cfg.optimizer.lr == lr and cfg.dataset.name == "curves_synth"
+    finally:
+        target.unlink()
+        target.parent.rmdir()
+
+
+def test_every_paper_pair_ships_a_tuned_config_with_provenance():
+    for dataset in reproduce.PAPER_DATASETS:
+        for optimizer in reproduce.PAPER_OPTIMIZERS:
+            path = REPO / "results" / "tuned" / dataset / f"{optimizer}.yaml"
+            assert path.exists(), f"missing tuned config {path}"
+            cfg = compose_config([f"tuned={dataset}/{optimizer}"])
+            assert cfg.dataset.name == dataset and cfg.optimizer.name == optimizer
+            source = cfg.tuned_source
+            assert source.kind in ("search", "published_default")
+            assert source.get("search_space") if source.kind == "search" else source.get("reference")
+
+
+def test_cpu_sized_reproduce_writes_figures_and_table(tmp_path):
+    args = [f"results={tmp_path}", "seeds=1", "dataset=curves_synth", "optimizer=sgd,adam", "logger=disabled",
+            "progress=false", *TINY]
+    assert reproduce.main(args + ["dry_run=true"]) == 0
+    assert reproduce.main(args) == 0
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert set(summary.optimizer) == {"sgd", "adam"}
+    figures = {p.name for p in (tmp_path / "figures" / "reproduce").iterdir()}
+    assert {"curves_synth_train_vs_epoch.png", "curves_synth_train_vs_time.pdf", "step_time.png",
+            "performance_profile.png", "curves_synth_reconstructions.png"} <= figures
+    # a second invocation skips the finished runs
+    before = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("metrics.csv")}
+    reproduce.main(args)
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("metrics.csv")}
