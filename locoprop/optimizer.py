@@ -1,0 +1,321 @@
+"""LocoProp (Amid, Anil, Warmuth, AISTATS 2022) as a model-aware `torch.optim.Optimizer`.
+
+One outer step on a mini-batch (REFERENCE.md section 1):
+
+1. one forward pass records every layer's input x_l, pre-activation a_l and output f_l(a_l);
+2. one backward pass, through the pre-activations only, gives g_l = dL/da_l of the global
+   loss L (no weight gradients are formed);
+3. each layer gets a target: LocoProp-S `â = a - gamma g` (pre-activation space, squared
+   local loss), LocoProp-M `ŷ = f(a) - gamma g` (post-activation space, matching loss);
+4. each layer runs T iterations of its own inner optimizer on its local problem, with the
+   layer input x fixed: `a' = x W^T + b`, `delta = a' - â` (S) or `f(a') - ŷ` (M), gradient
+   `delta^T x` wrt W and `sum(delta)` wrt b (SUMS over the batch, as the official code), at
+   the inner learning rate `lr * max(1 - k/T, min_inner_lr_factor)` for k = 0..T-1.
+
+The inner optimizers' state persists across outer steps, as in the official notebook.
+Optionally the local problem carries a proximal term `(1/(2 eta)) ||W - W_t||^2` (W_t the
+weights at the start of the outer step), which adds `(W - W_t)/eta` to the inner gradient;
+the official code does not use it (eta = None means eta = infinity).
+
+Because W = W_t at inner step 0, the pre-activation there is the recorded a and
+`delta = gamma g` for both variants: the first inner gradient is gamma times the back-prop
+gradient, so no forward matmul is spent on it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from baselines.rmsprop_tf1 import RMSpropTF1
+
+from .chain import ChainLayer, forward_record, linear_chain
+from .losses import OUTPUT_TRANSFER, resolve_loss
+from .transfer import apply_transfer
+
+# The official notebook's inner optimizer settings (RMSProp in TF1 semantics).
+DEFAULT_RMSPROP_TF1 = dict(momentum=0.999, decay=0.9, eps=1e-5)
+
+
+def _transfer_(name: str, a: Tensor) -> Tensor:
+    """f(a) computed in place (a is a scratch buffer)."""
+    if name == "tanh":
+        return a.tanh_()
+    if name == "sigmoid":
+        return a.sigmoid_()
+    if name == "relu":
+        return a.relu_()
+    if name == "softmax":
+        return torch.softmax(a, dim=-1, out=a)
+    return a  # identity
+
+
+class LocoProp(Optimizer):
+    """LocoProp-S / LocoProp-M for an `nn.Sequential` of Linear layers and activations.
+
+    Unlike ordinary optimizers it runs the model itself: `step(inputs, targets)` does the
+    forward and backward pass and returns the mini-batch loss before the update (detached,
+    without a host sync). Do not call `loss.backward()` beforehand.
+
+    A step never synchronises with the device and keeps all its state (inner optimizer state,
+    scratch buffers, the `.grad` buffers it writes the inner gradients into) on the parameters'
+    device, so a GPU user can capture it in a CUDA graph after a warm-up step. The outer and
+    inner learning rates are Python floats and are baked into a captured graph: re-capture
+    when the lr changes.
+
+    Args:
+        model: an `nn.Sequential` that `linear_chain` understands (Linear layers, each
+            optionally followed by Identity/Tanh/Sigmoid/ReLU/Softmax).
+        lr: outer learning rate; the inner optimizers run at `lr * max(1 - k/T, factor)`.
+            It lives in `param_groups[0]['lr']`, so LR schedulers work unchanged.
+        gamma: activation learning rate (how far the targets move along -dL/da).
+        inner_steps: T, inner iterations per outer step.
+        variant: 'S' (squared loss on pre-activations) or 'M' (matching loss).
+        loss: 'bernoulli' (needs a sigmoid output), 'gaussian' (needs a linear output) or a
+            callable (last pre-activation, targets) -> scalar, e.g. a sum over features
+            averaged over the batch.
+        inner_optimizer: any `torch.optim.Optimizer` class, constructed as
+            `inner_optimizer(params, lr=lr, **inner_kwargs)`.
+        inner_kwargs: its settings; default the official RMSProp ones for `RMSpropTF1`.
+        eta: proximal coefficient (adds `(W - W_t)/eta` to the inner gradient); None = none.
+        reduction: 'sum' (official) or 'mean': the data term of the inner gradient divided by
+            the batch size (the proximal term is not).
+        min_inner_lr_factor: floor of the inner learning-rate decay (0.25 officially).
+        reset_inner_state: re-create the inner optimizers at every outer step.
+        parallel: True runs all layers' inner step k together with ONE inner optimizer over
+            every layer's parameters (one multi-tensor update per inner step). For element-wise
+            inner optimizers this is exactly the per-layer method: the state is per parameter
+            and the inner lr is the same for every layer at step k. False is the plain
+            reference loop: layer after layer, each with its own inner optimizer, every
+            forward computed (also the one at k = 0).
+    """
+
+    model_aware = True
+
+    def __init__(self, model: nn.Sequential, lr: float = 1e-5, gamma: float = 10.0, inner_steps: int = 10,
+                 variant: str = "M", loss: str | Callable[[Tensor, Tensor], Tensor] = "bernoulli",
+                 inner_optimizer: type[Optimizer] = RMSpropTF1, inner_kwargs: dict | None = None,
+                 eta: float | None = None, reduction: str = "sum", min_inner_lr_factor: float = 0.25,
+                 reset_inner_state: bool = False, parallel: bool = True):
+        if not lr >= 0.0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        if not gamma >= 0.0:
+            raise ValueError(f"invalid gamma: {gamma}")
+        if int(inner_steps) != inner_steps or inner_steps < 1:
+            raise ValueError(f"inner_steps must be a positive integer, got {inner_steps}")
+        variant = str(variant).upper()
+        if variant not in ("S", "M"):
+            raise ValueError(f"variant must be 'S' or 'M', got {variant!r}")
+        if eta is not None and not eta > 0.0:
+            raise ValueError(f"eta must be positive or None, got {eta}")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        if not 0.0 <= min_inner_lr_factor <= 1.0:
+            raise ValueError(f"min_inner_lr_factor must be in [0, 1], got {min_inner_lr_factor}")
+
+        self.layers: list[ChainLayer] = linear_chain(model)
+        if isinstance(loss, str):
+            expected = OUTPUT_TRANSFER.get(loss)
+            if expected is None:
+                resolve_loss(loss)  # raises the ValueError naming the choices
+            if self.layers[-1].transfer != expected:
+                raise ValueError(f"loss {loss!r} needs a {expected} output layer, but the model's last "
+                                 f"transfer function is {self.layers[-1].transfer}")
+        self.loss_fn = resolve_loss(loss)
+        self.model = model
+        self.variant = variant
+        self.reduction = reduction
+        self.parallel = parallel
+        self.reset_inner_state = reset_inner_state
+        self.inner_optimizer = inner_optimizer
+        if inner_kwargs is None:
+            inner_kwargs = dict(DEFAULT_RMSPROP_TF1) if inner_optimizer is RMSpropTF1 else {}
+        if "lr" in inner_kwargs:
+            raise ValueError("inner_kwargs must not set lr: the inner lr is lr * max(1 - k/T, min_inner_lr_factor)")
+        self.inner_kwargs = dict(inner_kwargs)
+
+        # Per layer: its parameters (weight first, then the bias if any).
+        self._layer_params = [[p for p in (l.linear.weight, l.linear.bias) if p is not None] for l in self.layers]
+        params = [p for ps in self._layer_params for p in ps]
+        defaults = dict(lr=lr, gamma=gamma, inner_steps=int(inner_steps), eta=eta,
+                        min_inner_lr_factor=min_inner_lr_factor)
+        super().__init__(params, defaults)  # one parameter group: every layer's weight and bias
+
+        self._inner: list[Optimizer] = self._make_inner()
+        self._buffers: dict = {}  # per batch size: the pre-activation scratch buffers
+        self._anchors: list[Tensor] | None = None  # W_t for the proximal term
+
+    # ---------------------------------------------------------------- inner optimizers
+    def _make_inner(self) -> list[Optimizer]:
+        lr = self.param_groups[0]["lr"]
+        if self.parallel:
+            return [self.inner_optimizer([p for ps in self._layer_params for p in ps], lr=lr, **self.inner_kwargs)]
+        return [self.inner_optimizer(ps, lr=lr, **self.inner_kwargs) for ps in self._layer_params]
+
+    def _inner_lr(self, k: int) -> float:
+        group = self.param_groups[0]
+        T = group["inner_steps"]
+        return group["lr"] * max(1.0 - k / T, group["min_inner_lr_factor"])
+
+    @staticmethod
+    def _set_lr(opt: Optimizer, lr: float) -> None:
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+    # ---------------------------------------------------------------- the step
+    @torch.no_grad()
+    def step(self, inputs: Tensor, targets: Tensor) -> Tensor:  # type: ignore[override]
+        """One outer LocoProp step on (inputs, targets); returns the loss before the update."""
+        group = self.param_groups[0]
+        if self.reset_inner_state:
+            self._inner = self._make_inner()
+
+        # 1-2. one forward pass, one backward pass through the pre-activations only
+        with torch.enable_grad():
+            record = forward_record(self.layers, inputs, grad_pre=True)
+            loss = self.loss_fn(record.logits, targets)
+            grads = list(torch.autograd.grad(loss, record.pre))
+
+        for ps in self._layer_params:  # the inner gradients are written into these buffers
+            for p in ps:
+                if p.grad is None:
+                    p.grad = torch.empty_like(p)
+        anchors = None
+        if group["eta"] is not None:  # W_t, the centre of the proximal term
+            anchors = self._anchors
+            if anchors is None:
+                anchors = self._anchors = [torch.empty_like(p) for p in group["params"]]
+            torch._foreach_copy_(anchors, group["params"])
+        if self.parallel:
+            self._step_parallel(record, grads, anchors)
+        else:
+            self._step_per_layer(record, grads, anchors)
+        return loss.detach()
+
+    def _step_parallel(self, record, grads: list[Tensor], anchors: list[Tensor] | None) -> None:
+        """All layers advance inner step k together; one inner optimizer updates them all."""
+        group = self.param_groups[0]
+        gamma, T, eta = group["gamma"], group["inner_steps"], group["eta"]
+        scale = 1.0 / record.inputs[0].shape[0] if self.reduction == "mean" else 1.0
+        (inner,) = self._inner
+        params = group["params"]
+        buffers, ones = self._scratch(record)
+
+        # k = 0: W = W_t, so a' = a and delta = gamma g for both variants.
+        for layer, x, g in zip(self.layers, record.inputs, grads):
+            w, b = layer.linear.weight, layer.linear.bias
+            w.grad.addmm_(g.T, x, beta=0.0, alpha=gamma * scale)
+            if b is not None:
+                b.grad.addmv_(g.T, ones, beta=0.0, alpha=gamma * scale)
+        self._set_lr(inner, self._inner_lr(0))
+        inner.step()
+        if T == 1:
+            return
+
+        # The targets overwrite the back-prop gradients: S: â = a - gamma g; M: ŷ = f(a) - gamma g.
+        base = record.pre if self.variant == "S" else record.post
+        targets = [torch.add(z, g, alpha=-gamma, out=g) for z, g in zip(base, grads)]
+        # tanh(a) = 2 sigmoid(2a) - 1: torch's CPU tanh is ~10x slower than its sigmoid, and this
+        # form costs no extra pass: the 2a folds into addmm and the "2 s - 1 - ŷ" into one add
+        # against the stored -(1 + ŷ).
+        via_sigmoid = [self.variant == "M" and layer.transfer == "tanh" for layer in self.layers]
+        for t, flag in zip(targets, via_sigmoid):
+            if flag:
+                t.add_(1.0).neg_()
+        for k in range(1, T):
+            for layer, x, t, buf, flag in zip(self.layers, record.inputs, targets, buffers, via_sigmoid):
+                w, b = layer.linear.weight, layer.linear.bias
+                two = 2.0 if flag else 1.0
+                if b is None:
+                    buf.addmm_(x, w.T, beta=0.0, alpha=two)
+                else:
+                    torch.addmm(b, x, w.T, beta=two, alpha=two, out=buf)
+                if flag:
+                    delta = torch.add(t, buf.sigmoid_(), alpha=2.0, out=buf)
+                else:
+                    if self.variant == "M":
+                        _transfer_(layer.transfer, buf)
+                    delta = buf.sub_(t)
+                w.grad.addmm_(delta.T, x, beta=0.0, alpha=scale)
+                if b is not None:
+                    b.grad.addmv_(delta.T, ones, beta=0.0, alpha=scale)
+            if anchors is not None:
+                grads_ = [p.grad for p in params]
+                torch._foreach_add_(grads_, torch._foreach_sub(params, anchors), alpha=1.0 / eta)
+            self._set_lr(inner, self._inner_lr(k))
+            inner.step()
+
+    def _step_per_layer(self, record, grads: list[Tensor], anchors: list[Tensor] | None) -> None:
+        """The plain reference loop: each layer solves its local problem with its own optimizer."""
+        group = self.param_groups[0]
+        gamma, T, eta = group["gamma"], group["inner_steps"], group["eta"]
+        scale = 1.0 / record.inputs[0].shape[0] if self.reduction == "mean" else 1.0
+        anchor_iter = iter(anchors) if anchors is not None else None
+        for layer, inner, ps, x, a, y, g in zip(self.layers, self._inner, self._layer_params,
+                                               record.inputs, record.pre, record.post, grads):
+            w, b = layer.linear.weight, layer.linear.bias
+            target = a - gamma * g if self.variant == "S" else y - gamma * g
+            layer_anchors = [next(anchor_iter) for _ in ps] if anchor_iter is not None else None
+            for k in range(T):
+                pre = x @ w.T if b is None else x @ w.T + b
+                delta = (pre if self.variant == "S" else apply_transfer(layer.transfer, pre)) - target
+                w.grad.copy_(delta.T @ x * scale)
+                if b is not None:
+                    b.grad.copy_(delta.sum(0) * scale)
+                if layer_anchors is not None:
+                    for p, p0 in zip(ps, layer_anchors):
+                        p.grad.add_(p - p0, alpha=1.0 / eta)
+                self._set_lr(inner, self._inner_lr(k))
+                inner.step()
+
+    def _scratch(self, record) -> tuple[list[Tensor], Tensor]:
+        """Preallocated buffers, reused while the batch size holds: one pre-activation buffer per
+        layer, and a vector of ones that turns the bias gradient sum(delta, 0) into a gemv
+        (a BLAS call, faster on CPU than the strided column reduction, and no allocation)."""
+        a0 = record.pre[0]
+        key = (a0.shape[0], a0.device, a0.dtype)
+        if key not in self._buffers:
+            self._buffers = {key: ([torch.empty_like(a) for a in record.pre], a0.new_ones(a0.shape[0]))}
+        return self._buffers[key]
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        """The outer state plus the inner optimizers' state (always in the parallel layout).
+
+        Saving in one layout makes checkpoints independent of `parallel`: per-layer inner
+        states are merged into the state dict one inner optimizer over all parameters would have.
+        """
+        state = super().state_dict()
+        state["inner"] = self._merged_inner_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        inner = state_dict.pop("inner", None)
+        super().load_state_dict(state_dict)
+        self._inner = self._make_inner()
+        if inner is None:
+            return
+        if self.parallel:
+            self._inner[0].load_state_dict(inner)
+            return
+        offset = 0
+        for opt, ps in zip(self._inner, self._layer_params):
+            n = len(ps)
+            layer_state = {int(i) - offset: s for i, s in inner["state"].items() if offset <= int(i) < offset + n}
+            groups = [dict(inner["param_groups"][0], params=list(range(n)))]
+            opt.load_state_dict({"state": layer_state, "param_groups": groups})
+            offset += n
+
+    def _merged_inner_state(self) -> dict:
+        if self.parallel:
+            return self._inner[0].state_dict()
+        state, offset = {}, 0
+        for opt, ps in zip(self._inner, self._layer_params):
+            sd = opt.state_dict()
+            state.update({offset + int(i): s for i, s in sd["state"].items()})
+            offset += len(ps)
+        groups = [dict(self._inner[0].state_dict()["param_groups"][0], params=list(range(offset)))]
+        return {"state": state, "param_groups": groups}
