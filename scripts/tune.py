@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--results", default="results")
     parser.add_argument("--tuned-dir", default=str(TUNED_DIR))
+    parser.add_argument("--export-as", default=None, help="dataset the tuned config is for, when the search ran "
+                        "on a stand-in (e.g. search curves_synth, export as curves); recorded in the provenance")
     parser.add_argument("--note", default="", help="free text stored in the provenance (e.g. data subset, machine)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial (after --)")
     args = parser.parse_args(argv)
@@ -81,15 +83,19 @@ def main(argv: list[str] | None = None) -> Path:
               "budget_trials": args.trials,
               "sampler": "optuna TPE (seed 0)",
               "epochs_per_trial": trial_cfg.stop_epoch if trial_cfg.stop_epoch is not None else trial_cfg.epochs,
-              "schedule": f"{trial_cfg.schedule.name} over {trial_cfg.epochs} epochs",
+              "schedule": f"{trial_cfg.schedule.name} over {trial_cfg.epochs} epochs, "
+                          f"{trial_cfg.schedule.warmup_epochs} warm-up",
               "data": f"{args.dataset} n_train={trial_cfg.dataset.n_train}",
               "trial_overrides": list(args.overrides),
               "objective": "best train loss (primary metric) within the trial",
               "best_value": float(result["best_value"]),
               "device": device_name(resolve_device("auto")),
               "date": stamp, "commit": _git_commit(), "sweep_dir": str(sweep_dir), "note": args.note}
-    path = Path(args.tuned_dir) / args.dataset / f"{args.optimizer}.yaml"
-    atomic_write_text(path, tuned_yaml(args.dataset, args.optimizer, result["best_params"], source))
+    target = args.export_as or args.dataset
+    if target != args.dataset:
+        source["data"] += f" (searched on this stand-in, exported for {target})"
+    path = Path(args.tuned_dir) / target / f"{args.optimizer}.yaml"
+    atomic_write_text(path, tuned_yaml(target, args.optimizer, result["best_params"], source))
     print(f"wrote {path}")
     return path
 
