@@ -3,8 +3,8 @@
 For each architecture and optimizer: a fresh model and optimizer built from the shipped
 configs, `warmup` untimed steps, then `steps` timed steps on random data of the dataset's kind,
 the device synchronised after every step. Second-order methods refresh their preconditioners
-every 10 steps, so `steps` is rounded up to a multiple of 10 and the reported `ms_per_step` is
-the amortised mean over whole periods (the median is reported beside it). FLOPs per step are
+every 10 steps, so `steps` (when >= 10) is rounded up to a multiple of 10 and the reported
+`ms_per_step` is the amortised mean over whole periods (the median is reported beside it). FLOPs per step are
 counted with `torch.utils.flop_counter` (matmuls only; eigendecompositions are not counted), and
 the achieved GFLOP/s is compared with this device's measured float32 matmul rate. Every ratio is
 to the BP+SGD and BP+RMSProp steps measured in the same process.
@@ -85,8 +85,8 @@ def measure(dataset: str, optimizer: str, device: torch.device, batch_size: int 
     opt = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True))
     step = make_step(model, opt)
     gen = torch.Generator(device=device).manual_seed(0)
-    period = 10
-    steps = period * math.ceil(steps / period)
+    if steps >= 10:  # whole preconditioner-refresh periods, so second-order costs are amortised fairly
+        steps = 10 * math.ceil(steps / 10)
     batches = _data(model.loss_kind, batch_size * 4, model.sizes[0], device, gen)
     batch = lambda i: batches[(i % 4) * batch_size:(i % 4 + 1) * batch_size]  # noqa: E731
     for i in range(warmup):
