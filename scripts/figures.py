@@ -27,7 +27,7 @@ from matplotlib.ticker import LogFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from scripts.results_io import (GAUSSIAN_DATASETS, HEALTHY, load_runs, primary_metric,  # noqa: E402
+from scripts.results_io import (GAUSSIAN_DATASETS, HEALTHY, load_runs_or_explain, primary_metric,  # noqa: E402
                                 provenance, run_record, write_json)
 
 COLUMN_WIDTH, FULL_WIDTH = 3.3, 6.8  # inches: one paper column, the full page width
@@ -418,11 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default="default", help="experiment group (runs/<group>/...)")
     parser.add_argument("--out", default=None, help="output folder (default: <results>/figures)")
     args = parser.parse_args(argv)
-    runs, metrics = load_runs(args.results, args.group)
-    if runs.empty:
-        print(f"no runs found in {Path(args.results) / 'runs' / args.group} (a run needs summary.json and "
-              f"metrics.csv); train some with `python -m benchmarks.train group={args.group}`", file=sys.stderr)
+    loaded = load_runs_or_explain(args.results, args.group)
+    if loaded is None:
         return 1
+    runs, metrics = loaded
     out_dir = Path(args.out) if args.out else Path(args.results) / "figures"
     record = make_figures(runs, metrics, out_dir)
     info = {"provenance": provenance(runs), "group": args.group, "results_dir": str(args.results),

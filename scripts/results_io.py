@@ -132,6 +132,16 @@ def load_runs(results_dir: str | Path, group: str | None = None) -> tuple[pd.Dat
     return runs, metrics
 
 
+def load_runs_or_explain(results_dir: str | Path, group: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """`load_runs`, or None after telling the user on stderr why there is nothing to draw."""
+    runs, metrics = load_runs(results_dir, group)
+    if runs.empty:
+        print(f"no runs found in {Path(results_dir) / 'runs' / group} (a run needs summary.json and "
+              f"metrics.csv); train some with `python -m benchmarks.train group={group}`", file=sys.stderr)
+        return None
+    return runs, metrics
+
+
 def run_record(runs: pd.DataFrame) -> dict[str, Any]:
     """run_dir -> status, seed, config path and the resolved config, for provenance.json."""
     return {row["run_dir"]: {"dataset": row["dataset"], "optimizer": row["optimizer"], "seed": row["seed"],

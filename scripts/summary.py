@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.tracking import atomic_write_text
-from scripts.results_io import HEALTHY, load_runs, primary_metric, provenance, run_record, write_json
+from scripts.results_io import HEALTHY, load_runs_or_explain, primary_metric, provenance, run_record, write_json
 
 LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
 DEFAULT_TARGET_FACTOR = 1.05
@@ -192,11 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=parse_targets, default={},
                         help="target train loss per dataset, e.g. mnist=60,curves=3 (default: 1.05 x best)")
     args = parser.parse_args(argv)
-    runs, metrics = load_runs(args.results, args.group)
-    if runs.empty:
-        print(f"no runs found in {Path(args.results) / 'runs' / args.group} (a run needs summary.json and "
-              f"metrics.csv); train some with `python -m benchmarks.train group={args.group}`", file=sys.stderr)
+    loaded = load_runs_or_explain(args.results, args.group)
+    if loaded is None:
         return 1
+    runs, metrics = loaded
     out_dir = Path(args.out) if args.out else Path(args.results)
     table = summarize(runs, metrics, args.targets)
     info = provenance(runs)
