@@ -7,8 +7,8 @@ they give the eager step's numbers.
 CUDA graphs replay the kernels of one captured step with a single launch, which removes the
 Python and launch overhead that dominates small steps on a fast GPU. Requirements: the step
 keeps all its state on the GPU and has no host-side state that changes from step to step
-(true for SGD/momentum, the TF1 RMSProp/AdaGrad, torch optimizers built with
-`capturable=True`, and LocoProp with those inner optimizers; not for Shampoo/K-FAC refresh
+(true for SGD/momentum, the TF1 RMSProp/AdaGrad, torch optimizers with `capturable`
+(switched on here), and LocoProp with those inner optimizers; not for Shampoo/K-FAC refresh
 steps, nor for optimizers counting steps in Python such as AdamTF1). Learning rates are
 Python floats baked into the captured kernels, so the step is re-captured whenever a
 param_group's lr changes (once per epoch under the official schedule).
@@ -35,6 +35,9 @@ class CudaGraphStep:
         if not torch.cuda.is_available():
             raise RuntimeError("cuda_graph=true needs a CUDA device")
         self.step, self.optimizer = step, optimizer
+        for group in optimizer.param_groups:  # torch optimizers keep their step counts on the GPU then
+            if "capturable" in group:
+                group["capturable"] = True
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x: Tensor | None = None
         self.static_loss: Tensor | None = None
