@@ -28,12 +28,28 @@ def compiled_step(step: Step) -> Step:
     return torch.compile(step)
 
 
+def graph_safe(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a captured step of this optimizer replays exactly (see the module docstring)."""
+    from baselines.adagrad_tf1 import AdagradTF1
+    from baselines.rmsprop_tf1 import RMSpropTF1
+
+    if getattr(optimizer, "model_aware", False):
+        inner = getattr(optimizer, "inner_optimizer", None)  # LocoProp
+        return inner is not None and issubclass(inner, (torch.optim.SGD, RMSpropTF1, AdagradTF1))
+    if isinstance(optimizer, (torch.optim.SGD, RMSpropTF1, AdagradTF1)):
+        return True
+    return all("capturable" in group for group in optimizer.param_groups)
+
+
 class CudaGraphStep:
     """Capture `step` once per learning-rate setting and replay it for every batch."""
 
     def __init__(self, step: Step, optimizer: torch.optim.Optimizer):
         if not torch.cuda.is_available():
             raise RuntimeError("cuda_graph=true needs a CUDA device")
+        if not graph_safe(optimizer):
+            raise ValueError(f"cuda_graph=true is not supported for {type(optimizer).__name__}: its step has "
+                             "host-side state or data-dependent branches (see benchmarks/fast.py)")
         self.step, self.optimizer = step, optimizer
         for group in optimizer.param_groups:  # torch optimizers keep their step counts on the GPU then
             if "capturable" in group:

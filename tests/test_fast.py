@@ -65,3 +65,16 @@ def test_steps_do_not_synchronise_with_the_host(name):
         step(x)  # a non-refresh step
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_graph_safety_is_decided_per_optimizer():
+    from benchmarks.fast import graph_safe
+    from benchmarks.config import compose_config
+    from omegaconf import OmegaConf
+
+    model = build_autoencoder(sizes=[6, 4, 2, 4, 6])
+    expected = {"sgd": True, "nesterov": True, "adam": True, "rmsprop": True, "rmsprop_tf1": True, "adagrad_tf1": True,
+                "adam_tf1": False, "shampoo": False, "kfac": False, "locoprop_m": True, "locoprop_s": True}
+    for name, safe in expected.items():
+        opt = make_optimizer(model, OmegaConf.to_container(compose_config([f"optimizer={name}"]).optimizer))
+        assert graph_safe(opt) is safe, name
