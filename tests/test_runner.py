@@ -118,3 +118,18 @@ def test_missing_data_names_the_file(tmp_path):
     cfg = compose_config(["dataset=curves", f"dataset.root={tmp_path}", "logger=disabled", f"results_dir={tmp_path}"])
     with pytest.raises(DataError, match="digs3pts_1.mat"):
         train(cfg)
+
+
+INNER = sorted(p.stem for p in (CONFIG_DIR / "optimizer" / "inner").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("inner", INNER)
+def test_locoprop_inner_optimizer_is_selectable_from_the_cli(inner):
+    from baselines.factory import INNER_OPTIMIZER_NAMES
+
+    assert set(INNER) == set(INNER_OPTIMIZER_NAMES)
+    cfg = compose_config(["optimizer=locoprop_m", f"optimizer/inner={inner}"])
+    model = build_autoencoder(sizes=[6, 4, 2, 4, 6])
+    opt = make_optimizer(model, dict(cfg.optimizer))
+    assert opt.inner_optimizer.__name__ in {"SGD", "Adam", "RMSprop", "Adagrad", "RMSpropTF1", "AdagradTF1", "AdamTF1"}
+    make_step(model, opt)(torch.rand(8, 6))
