@@ -5,7 +5,7 @@ configs, `warmup` untimed steps, then `steps` timed steps on random data of the 
 the device synchronised after every step. Second-order methods refresh their preconditioners
 every 10 steps, so `steps` (when >= 10) is rounded up to a multiple of 10 and the reported
 `ms_per_step` is the amortised mean over whole periods (the median is reported beside it). FLOPs per step are
-counted with `torch.utils.flop_counter` (matmuls only; eigendecompositions are not counted), and
+counted at the dispatcher (matmuls only; eigendecompositions are not counted), and
 the achieved GFLOP/s is compared with this device's measured float32 matmul rate. Every ratio is
 to the BP+SGD and BP+RMSProp steps measured in the same process.
 
@@ -68,12 +68,34 @@ def _data(loss_kind: str, n: int, dim: int, device: torch.device, gen: torch.Gen
     return torch.randn(n, dim, generator=gen, device=device)
 
 
-def count_flops(step, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+_MATMULS = {"mm": (0, 1), "addmm": (1, 2), "bmm": (0, 1), "baddbmm": (1, 2), "mv": (0, 1), "addmv": (1, 2)}
 
-    with FlopCounterMode(display=False) as counter:
+
+def count_flops(step, x: torch.Tensor) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one step, in every variant (in-place, out=, batched).
+
+    `torch.utils.flop_counter` misses the in-place and out= forms LocoProp uses, so this counts
+    at the dispatcher; decompositions (eigh, Cholesky) are not counted.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    total = [0.0]
+
+    class MatmulFlops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__.rstrip("_")
+            if name in _MATMULS:
+                i, j = _MATMULS[name]
+                a, b = args[i], args[j]
+                batch = a.shape[0] if a.dim() == 3 else 1
+                m, k = a.shape[-2:]
+                n = b.shape[-1] if b.dim() >= 2 else 1
+                total[0] += 2.0 * batch * m * k * n
+            return func(*args, **(kwargs or {}))
+
+    with MatmulFlops():
         step(x)
-    return float(counter.get_total_flops())
+    return total[0]
 
 
 def measure(dataset: str, optimizer: str, device: torch.device, batch_size: int = 1000, steps: int = 20,
