@@ -211,10 +211,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                   width_multiplier=m.width_multiplier, depth_multiplier=m.depth_multiplier).to(device)
         if model.sizes[0] != data.train.shape[1]:
             raise ValueError(f"model input size {model.sizes[0]} does not match data dimension {data.train.shape[1]}")
-        optimizer = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True))
+        optimizer_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+        optimizer = make_optimizer(model, optimizer_cfg)
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         step = make_step(model, optimizer)
-        _warm_up(model, optimizer, data.train[:batch_size], int(cfg.warmup_steps))
+        _warm_up(model, optimizer_cfg, data.train[:batch_size], int(cfg.warmup_steps))
         if cfg.compile:
             step = compiled_step(step)
         if cfg.cuda_graph:
@@ -319,13 +320,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _warm_up(model, optimizer, batch, n_steps: int) -> None:
-    """Run a few steps on throw-away copies, so one-time costs (allocator, kernel selection, lazy
-    initialisation) stay out of the first epoch's wall-clock without touching the real trajectory."""
+def _warm_up(model, optimizer_cfg: dict[str, Any], batch, n_steps: int) -> None:
+    """Run a few steps on a throw-away copy of the model with its own optimizer, so one-time
+    costs (allocator, kernel selection, lazy initialisation) stay out of the first epoch's
+    wall-clock without touching the real trajectory."""
     if n_steps <= 0:
         return
-    model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
-    step = make_step(model_copy, optimizer_copy)
+    model_copy = copy.deepcopy(model)
+    step = make_step(model_copy, make_optimizer(model_copy, optimizer_cfg))
     for _ in range(n_steps):
         step(batch)
     _sync(batch.device)

@@ -133,3 +133,51 @@ def test_locoprop_inner_optimizer_is_selectable_from_the_cli(inner):
     opt = make_optimizer(model, dict(cfg.optimizer))
     assert opt.inner_optimizer.__name__ in {"SGD", "Adam", "RMSprop", "Adagrad", "RMSpropTF1", "AdagradTF1", "AdamTF1"}
     make_step(model, opt)(torch.rand(8, 6))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
+    """SIGKILL a training process after a few epochs; re-running the same command resumes from
+    the last checkpoint (taking over the dead process's lock) and ends with the same numbers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    args = [*TINY, "optimizer=adam", "optimizer.lr=1e-3", "epochs=12", "schedule=constant"]
+
+    def command(results):
+        return [sys.executable, "-m", "benchmarks.train", *args, f"results_dir={results}"]
+
+    proc = subprocess.Popen(command(tmp_path / "killed"), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "killed").rglob("metrics.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 5 and list((tmp_path / "killed").rglob("checkpoint.pt")):
+            metrics = found[0]
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be killed (machine too fast for this timing)")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert metrics is not None and not (metrics.parent / "summary.json").exists()
+    assert (metrics.parent / "run.lock").exists()  # left behind by the killed process
+    subprocess.run(command(tmp_path / "killed"), cwd=repo, check=True, capture_output=True, timeout=300)
+    subprocess.run(command(tmp_path / "clean"), cwd=repo, check=True, capture_output=True, timeout=300)
+    killed = pd.read_csv(metrics)
+    clean = pd.read_csv(next((tmp_path / "clean").rglob("metrics.csv")))
+    cols = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
+    assert len(clean) == 13
+    pd.testing.assert_frame_equal(killed[cols], clean[cols])
+
+
+@pytest.mark.parametrize("optimizer", ["locoprop_m", "locoprop_s", "kfac", "shampoo"])
+def test_model_aware_and_second_order_optimizers_run_end_to_end(tmp_path, optimizer):
+    cfg = tiny_cfg(tmp_path, f"optimizer={optimizer}", "epochs=2", "schedule=constant", "warmup_steps=2")
+    summary = train(cfg)
+    assert summary["status"] == "finished", summary["reason"]
+    metrics = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
+    assert metrics.train_ce.iloc[-1] < metrics.train_ce.iloc[0]
