@@ -36,7 +36,6 @@ from benchmarks.models import ARCHITECTURES, build_autoencoder
 from benchmarks.schedule import epochs_to_train, lr_factor, short_run
 from benchmarks.tracking import WandbLogger, atomic_write_json, atomic_write_text, metrics_csv_text
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 # Keys that do not change what is trained, so they stay out of the run id.
 _ID_EXCLUDED = ("logger", "results_dir", "progress", "group", "resume", "stop_epoch", "eval_batch_size", "warmup_steps",
                 "hydra", "device")
