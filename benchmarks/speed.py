@@ -189,7 +189,9 @@ def markdown_table(rows: list[dict[str, Any]], device: str, peak: float) -> str:
 
 
 def scaling_plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """ms/step against parameter count, one line per optimizer (log-log)."""
+    """ms/step against parameter count (width and depth multipliers at batch 1000), one line per
+    optimizer (log-log); the batch-size rows are in the table."""
+    rows = [r for r in rows if r.get("batch_size") == 1000]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     peak, rows = run_bench(args.datasets, args.optimizers, device, tuple(args.batch_sizes), steps=steps,
                            warmup=args.warmup)
     if args.scaling:
-        for multipliers in [dict(widths=(1, 2, 4)), dict(depths=(2, 4))]:
+        widths = (2, 4) if "mnist" in args.datasets else (1, 2, 4)  # width 1 is in the main table already
+        for multipliers in [dict(widths=widths), dict(depths=(2, 4))]:
             rows += run_bench(["mnist"], args.optimizers, device, steps=steps, warmup=args.warmup, **multipliers)[1]
         rows += run_bench(["mnist"], args.optimizers, device, batch_sizes=(250, 4000), steps=steps,
                           warmup=args.warmup)[1]
