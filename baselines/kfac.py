@@ -137,6 +137,11 @@ class KFAC(torch.optim.Optimizer):
 
     model_aware = True
 
+    def __getstate__(self) -> dict:
+        """Keep every attribute: torch's Optimizer pickles only defaults, state and param_groups,
+        which would drop the layer chain and settings of a model-aware optimizer on copy.deepcopy."""
+        return self.__dict__
+
     def __init__(self, model: nn.Sequential, lr: float = 1.0, momentum: float = 0.0,
                  damping: float = 150.0, weight_decay: float = 1e-5, factor_decay: float = 0.95,
                  inverse_update_period: int = 10, damping_adaptation_period: int = 5,

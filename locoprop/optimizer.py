@@ -94,6 +94,11 @@ class LocoProp(Optimizer):
 
     model_aware = True
 
+    def __getstate__(self) -> dict:
+        """Keep every attribute: torch's Optimizer pickles only defaults, state and param_groups,
+        which would drop the layer chain and settings of a model-aware optimizer on copy.deepcopy."""
+        return self.__dict__
+
     def __init__(self, model: nn.Sequential, lr: float = 1e-5, gamma: float = 10.0, inner_steps: int = 10,
                  variant: str = "M", loss: str | Callable[[Tensor, Tensor], Tensor] = "bernoulli",
                  inner_optimizer: type[Optimizer] = RMSpropTF1, inner_kwargs: dict | None = None,

@@ -181,3 +181,24 @@ def test_model_aware_and_second_order_optimizers_run_end_to_end(tmp_path, optimi
     assert summary["status"] == "finished", summary["reason"]
     metrics = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
     assert metrics.train_ce.iloc[-1] < metrics.train_ce.iloc[0]
+
+
+@pytest.mark.parametrize("optimizer", ["locoprop_m", "kfac"])
+def test_model_aware_optimizers_survive_deepcopy(optimizer):
+    import copy
+
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    model = build_autoencoder(sizes=[6, 4, 2, 4, 6]).double()
+    opt = make_optimizer(model, OmegaConf.to_container(compose_config([f"optimizer={optimizer}"]).optimizer))
+    x = torch.rand(8, 6, dtype=torch.float64)
+    make_step(model, opt)(x)
+    model_copy, opt_copy = copy.deepcopy((model, opt))
+    torch.manual_seed(1)
+    a = make_step(model, opt)(x)
+    torch.manual_seed(1)
+    b = make_step(model_copy, opt_copy)(x)
+    assert torch.equal(a, b)
+    for p, q in zip(model.parameters(), model_copy.parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
