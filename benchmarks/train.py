@@ -17,6 +17,7 @@ import json
 import math
 import os
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -309,7 +310,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _save_reconstructions(run_dir, model, data)
         extra = {"run_dir": str(run_dir), "device": device_name(device), "dataset": cfg.dataset.name,
                  "optimizer": cfg.optimizer.name, "seed": int(cfg.seed), "steps_per_epoch": steps_per_epoch,
-                 "torch": torch.__version__, "git_commit": _git_commit()}
+                 "torch": torch.__version__, "git_commit": git_commit()}
         summary = _summary(rows, status, reason, primary, extra)
         atomic_write_json(summary_path, summary)
         if status in FINAL_STATUSES:
@@ -349,11 +350,11 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def _git_commit() -> str | None:
-    head = Path(__file__).resolve().parents[1] / ".git"
+def git_commit() -> str | None:
+    """The repository's HEAD commit, recorded with every run and tuned config (None outside git)."""
     try:
-        import subprocess
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=head.parent, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -47,11 +47,6 @@ def search_space(optimizer: str) -> dict:
     return cfg["hydra"]["sweeper"]["params"]
 
 
-def _git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> Path:
     subprocess.run(cmd, check=True)
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     from benchmarks.config import compose_config
-    from benchmarks.train import device_name, resolve_device
+    from benchmarks.train import device_name, git_commit, resolve_device
 
     trial_cfg = compose_config([f"+sweep={args.optimizer}", f"dataset={args.dataset}", *args.overrides])
     source = {"kind": "search",
@@ -90,7 +85,7 @@ def main(argv: list[str] | None = None) -> Path:
               "objective": "best train loss (primary metric) within the trial",
               "best_value": float(result["best_value"]),
               "device": device_name(resolve_device("auto")),
-              "date": stamp, "commit": _git_commit(), "sweep_dir": str(sweep_dir), "note": args.note}
+              "date": stamp, "commit": git_commit() or "unknown", "sweep_dir": str(sweep_dir), "note": args.note}
     target = args.export_as or args.dataset
     if target != args.dataset:
         source["data"] += f" (searched on this stand-in, exported for {target})"
