@@ -9,10 +9,11 @@ BENCH_ARGS ?=
 
 TUNE_DATASETS ?= mnist faces curves
 TUNE_OPTIMIZERS ?= sgd nesterov adagrad rmsprop adam shampoo kfac locoprop_s locoprop_m
-TUNE_TRIALS ?= 30
-TUNE_ARGS ?= stop_epoch=20
+TUNE_TRIALS ?= 16
+TUNE_WORKERS ?= 1
+TUNE_ARGS ?=
 
-.PHONY: install test demo train bench figures summary reproduce tune data
+.PHONY: install test demo train bench figures summary reproduce tune campaign-cpu data
 
 install:  ## install the package, its test tools and the sweep launchers (CI pins torch via constraints-ci.txt)
 	$(PYTHON) -m pip install -c constraints-ci.txt -e ".[dev,sweep]"
@@ -38,10 +39,14 @@ summary:  ## summary.md / summary.csv from the local run tables
 reproduce:  ## the paper's comparison with the tuned configs, then figures and tables
 	$(PYTHON) -m scripts.reproduce results=$(RESULTS) $(REPRO_ARGS)
 
-tune:  ## Optuna search per dataset x optimizer, exported to results/tuned/<dataset>/<optimizer>.yaml
+tune:  ## full-length searches (equal budget, successive halving, SQLite studies) -> results/tuned/<dataset>/<optimizer>.yaml
 	for d in $(TUNE_DATASETS); do for o in $(TUNE_OPTIMIZERS); do \
-	  $(PYTHON) -m scripts.tune --dataset $$d --optimizer $$o --trials $(TUNE_TRIALS) --results $(RESULTS) -- $(TUNE_ARGS) || exit 1; \
+	  $(PYTHON) -m scripts.tune --dataset $$d --optimizer $$o --trials $(TUNE_TRIALS) --workers $(TUNE_WORKERS) \
+	    --results $(RESULTS) -- $(TUNE_ARGS) || exit 1; \
 	done; done
+
+campaign-cpu:  ## the shipped CPU reference comparison (many CPU hours; resumable): results/reference/cpu/
+	nice -n 19 $(PYTHON) -m scripts.campaign cpu-reference --workers 2 --threads 1
 
 data:  ## download FACES, CURVES (and MNIST) into ./data (needs internet)
 	$(PYTHON) -m scripts.download_data --root data

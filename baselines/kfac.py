@@ -17,7 +17,10 @@ One `step(inputs, targets)` is one K-FAC iteration on a mini-batch of N examples
    the exact quadratic model on the mini-batch (section 7), computed from one forward-mode
    (tangent) pass that reuses the recorded activations;
 7. every `damping_adaptation_period` steps, lambda follows the Levenberg-Marquardt rule from the
-   reduction ratio rho (section 6.5), which costs one extra forward pass at the new parameters.
+   reduction ratio rho = (h(theta + delta) - h(theta)) / M(delta) (section 6.5), which costs one
+   extra forward pass at the new parameters. The predicted change M(delta) is the quadratic model
+   of the objective h: curvature F + eta I, WITHOUT the damping lambda, as TF's K-FAC and kfac-jax
+   compute it (`rho_includes_damping=True` puts lambda in, as the paper's step-choice model has it).
 
 Scalings (all stated for the mean loss L = (1/N) sum_n l_n of `locoprop.losses`):
 - back-propagated g of the mean loss carries 1/N, so per-example gradients are N g_n and
@@ -125,6 +128,11 @@ class KFAC(torch.optim.Optimizer):
         damping_adaptation_period: T1, steps between Levenberg-Marquardt updates (5, the paper's).
         adapt_damping: run the Levenberg-Marquardt rule.
         adapt_lr_momentum: choose alpha, mu from the exact quadratic model (else fixed lr/momentum).
+        adapt_momentum: with `adapt_lr_momentum`, also use the previous step as a second direction
+            (alpha and mu both from the model); False chooses alpha alone and uses no momentum.
+            At a fixed small batch the adaptive mu can turn negative (the references grow the batch).
+        rho_includes_damping: put lambda into the predicted change of the reduction ratio (False,
+            the default, is TF K-FAC's and kfac-jax's convention).
         fisher: 'sampled' (true Fisher, targets drawn from the model) or 'empirical' (real targets).
         loss: 'bernoulli' or 'gaussian' (`locoprop.losses`); the model must end in the matching
             transfer (sigmoid / identity). The harness passes the model's loss kind.
@@ -145,8 +153,8 @@ class KFAC(torch.optim.Optimizer):
     def __init__(self, model: nn.Sequential, lr: float = 1.0, momentum: float = 0.0,
                  damping: float = 150.0, weight_decay: float = 1e-5, factor_decay: float = 0.95,
                  inverse_update_period: int = 10, damping_adaptation_period: int = 5,
-                 adapt_damping: bool = True, adapt_lr_momentum: bool = True,
-                 fisher: str = "sampled", loss: str = "bernoulli", damping_decay: float | None = None,
+                 adapt_damping: bool = True, adapt_lr_momentum: bool = True, adapt_momentum: bool = True,
+                 rho_includes_damping: bool = False, fisher: str = "sampled", loss: str = "bernoulli", damping_decay: float | None = None,
                  min_damping: float = 1e-8, max_damping: float = 1e8, exact_damping: bool = False):
         if fisher not in FISHER_KINDS:
             raise ValueError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHER_KINDS)}")
@@ -174,7 +182,8 @@ class KFAC(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         factor_decay=factor_decay, inverse_update_period=inverse_update_period,
                         damping_adaptation_period=damping_adaptation_period, adapt_damping=adapt_damping,
-                        adapt_lr_momentum=adapt_lr_momentum, fisher=fisher,
+                        adapt_lr_momentum=adapt_lr_momentum, adapt_momentum=adapt_momentum,
+                        rho_includes_damping=rho_includes_damping, fisher=fisher,
                         damping_decay=damping_decay, min_damping=min_damping, max_damping=max_damping,
                         exact_damping=exact_damping)
         super().__init__(params, defaults)
@@ -386,20 +395,22 @@ class KFAC(torch.optim.Optimizer):
                  for w, g, xb in zip(wbars, grads_pre, xbars)]
         proposals = [-u for u in self.precondition(grads)]
         prev = [self.state[layer.linear.weight].get("delta") for layer in self.layers]
-        first = prev[0] is None
+        adaptive = group["adapt_lr_momentum"]
+        # no momentum direction: at the first step, or when the model chooses alpha alone
+        first = prev[0] is None or (adaptive and not group["adapt_momentum"])
 
         adapt_now = group["adapt_damping"] and k % group["damping_adaptation_period"] == 0
-        need_model = group["adapt_lr_momentum"] or adapt_now
-        lam_eta = self._damping + eta
-        if need_model:
+        lam = self._damping
+        if adaptive or adapt_now:
             directions = [d[None] if first else torch.stack([d, p]) for d, p in zip(proposals, prev)]
-            c = self._curvature_gram(rec, xbars, directions)
-            c = c + lam_eta * sum(v.flatten(1) @ v.flatten(1).T for v in directions)
+            fisher_gram = self._curvature_gram(rec, xbars, directions)
+            direction_gram = sum(v.flatten(1) @ v.flatten(1).T for v in directions)
             b = sum(v.flatten(1) @ g.flatten() for v, g in zip(directions, grads))
+            c = fisher_gram + (lam + eta) * direction_gram  # the damped model the step is chosen on
             if first:  # pad to the 2x2 form with a zero momentum direction
-                c = torch.nn.functional.pad(c, (0, 1, 0, 1))
-                b = torch.nn.functional.pad(b, (0, 1))
-        if group["adapt_lr_momentum"]:
+                c, b = self._pad(c), torch.nn.functional.pad(b, (0, 1))
+                fisher_gram, direction_gram = self._pad(fisher_gram), self._pad(direction_gram)
+        if adaptive:
             alpha, mu = quadratic_model_coefficients(c, b, first)
         else:
             alpha = loss.new_tensor(group["lr"])
@@ -409,7 +420,9 @@ class KFAC(torch.optim.Optimizer):
         rho = predicted = None
         if adapt_now:
             coef = torch.stack([alpha, mu]).to(c.dtype)
-            predicted = 0.5 * coef @ c @ coef + coef @ b
+            # the objective's own curvature is F + eta I; lambda only when asked
+            curvature = fisher_gram + (lam + eta if group["rho_includes_damping"] else eta) * direction_gram
+            predicted = 0.5 * coef @ curvature @ coef + coef @ b
             decay_change = sum((w * s).sum() + 0.5 * (s * s).sum() for w, s in zip(wbars, steps)) * eta
         self._apply(steps)
         if adapt_now:
@@ -431,6 +444,10 @@ class KFAC(torch.optim.Optimizer):
                 lin.bias.add_(s[:, -1])
             else:
                 lin.weight.add_(s)
+
+    @staticmethod
+    def _pad(m: Tensor) -> Tensor:
+        return torch.nn.functional.pad(m, (0, 1, 0, 1))
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import numpy as np
@@ -39,10 +39,17 @@ from benchmarks.tracking import WandbLogger, atomic_write_json, atomic_write_tex
 
 # Keys that do not change what is trained, so they stay out of the run id.
 _ID_EXCLUDED = ("logger", "results_dir", "progress", "group", "resume", "stop_epoch", "eval_batch_size", "warmup_steps",
-                "hydra", "device")
+                "eval_every", "tuned_source", "hydra", "device")
 _ID_EXCLUDED_DATASET = ("root", "download")
 FINAL_STATUSES = ("finished", "diverged")
 DIVERGED_PENALTY = 1.0e9  # objective returned to sweepers for diverged or failed runs
+
+
+class PruneRun(Exception):
+    """Raised by an `on_epoch` callback to end a run early (e.g. a tuning trial that Optuna prunes).
+
+    The run ends with status 'pruned': its files are written, its checkpoint deleted, and the
+    same config run again starts afresh."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,7 +112,7 @@ class RunLock:
             except FileExistsError:
                 owner = self.path.read_text().strip()
                 host, _, pid = owner.partition(":")
-                if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                     self.path.unlink(missing_ok=True)  # stale lock of a killed process on this host
                     continue
                 raise RuntimeError(f"run directory {self.path.parent} is in use by {owner} (remove {self.path} if stale)")
@@ -115,21 +122,32 @@ class RunLock:
         self.path.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` on this host is running (a zombie, dead but not yet reaped, is not)."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
-def divergence_reason(cfg: DictConfig, loss: float, best: float, epoch: int) -> str | None:
-    """Why the run counts as diverged after `epoch`, or None (REFERENCE.md: the notebook's early exits)."""
+def divergence_reason(cfg: DictConfig, loss: float, best: float, epoch: int, initial: float) -> str | None:
+    """Why the run counts as diverged after `epoch`, or None.
+
+    Always on: a non-finite loss, or a loss above `max_loss_ratio` x the initial model's (a
+    ceiling that scales with the data set). Optional: the LocoProp notebook's tuning exits.
+    """
     rules = cfg.divergence
     if not math.isfinite(loss):
         return f"non-finite train loss at epoch {epoch}"
+    ratio = rules.get("max_loss_ratio")
+    if ratio is not None and math.isfinite(initial) and loss > ratio * initial:
+        return f"train loss {loss:.4g} > {ratio} x the initial {initial:.4g} at epoch {epoch}"
     if rules.max_loss is not None and loss > rules.max_loss:
         return f"train loss {loss:.4g} > max_loss {rules.max_loss} at epoch {epoch}"
     if rules.max_best_loss is not None and best > rules.max_best_loss:
@@ -180,8 +198,13 @@ def _summary(rows: list[dict[str, Any]], status: str, reason: str | None, primar
     return summary
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one run described by `cfg`; returns its summary (also written to summary.json)."""
+def train(cfg: DictConfig, on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train one run described by `cfg`; returns its summary (also written to summary.json).
+
+    `on_epoch(epoch, loss)` is called after every trained epoch with the epoch's primary train
+    loss (the full evaluation where one ran, else the running mean of the mini-batch losses in
+    the primary metric's units); it may raise `PruneRun` to end the run early.
+    """
     device = resolve_device(cfg.device)
     run_dir = run_dir_for(cfg)
     summary_path = run_dir / "summary.json"
@@ -194,6 +217,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
 
     with RunLock(run_dir):
+        load_start = _load_average()
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download, device=device,
                             seed=cfg.seed, n_train=cfg.dataset.n_train, n_test=cfg.dataset.n_test)
@@ -245,25 +269,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger = WandbLogger(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), name=name,
                              group=str(cfg.group), run_id=wandb_id)
 
+        eval_every = int(cfg.eval_every)
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+
         def evaluate(epoch: int, lr: float, train_loss: float, epoch_time: float) -> dict[str, Any]:
+            row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "wallclock_s": wallclock,
+                   "epoch_time_s": epoch_time, "step_ms": 1e3 * epoch_time / steps_per_epoch if epoch else None}
+            if epoch % eval_every and epoch != n_epochs:  # cheap epoch: no full evaluation
+                return {**row, "train_ce": math.nan, "test_ce": math.nan, "train_se": math.nan, "test_se": math.nan}
             model.eval()
             train_m = model.metrics(data.train, cfg.eval_batch_size)
             test_m = model.metrics(data.test, cfg.eval_batch_size)
             model.train()
-            return {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_ce": train_m["ce"], "test_ce": test_m["ce"],
-                    "train_se": train_m["se"], "test_se": test_m["se"], "wallclock_s": wallclock,
-                    "epoch_time_s": epoch_time, "step_ms": 1e3 * epoch_time / steps_per_epoch if epoch else None}
+            return {**row, "train_ce": train_m["ce"], "test_ce": test_m["ce"], "train_se": train_m["se"],
+                    "test_se": test_m["se"]}
 
         if not rows:
             rows.append(evaluate(0, 0.0, float("nan"), 0.0))
             logger.log_epoch(rows[0])
         status, reason = "running", None
-        best = min((r[primary] for r in rows if math.isfinite(r[primary])), default=math.inf)
+        initial = rows[0][primary]
+        running_scale = 2.0 if primary == "train_se" else 1.0  # the gaussian training loss is SE / 2
+        best = min((_epoch_loss(r, primary, running_scale) for r in rows[1:]), default=math.inf)
+        best = best if math.isfinite(best) else math.inf
         bar = None
         if cfg.progress and n_epochs - start_epoch + 1 > 1:
             from tqdm import tqdm
             bar = tqdm(total=n_epochs, initial=start_epoch - 1, desc=name, unit="epoch", file=sys.stderr)
         try:
+            if on_epoch is not None:  # a resumed run replays its finished epochs to the callback
+                for r in rows[1:]:
+                    on_epoch(r["epoch"], _epoch_loss(r, primary, running_scale))
             for epoch in range(start_epoch, n_epochs + 1):
                 factor = lr_factor(sched_name, epoch - 1, cfg.epochs, warmup_epochs)
                 for group, base in zip(optimizer.param_groups, base_lrs):
@@ -284,40 +321,70 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 row = evaluate(epoch, base_lrs[0] * factor, train_loss, epoch_time)
                 rows.append(row)
                 logger.log_epoch(row)
-                loss = row[primary] if math.isfinite(train_loss) else math.nan
+                loss = _epoch_loss(row, primary, running_scale)
                 best = min(best, loss) if math.isfinite(loss) else best
                 atomic_write_text(run_dir / "metrics.csv", metrics_csv_text(rows))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({primary: f"{loss:.3f}"})
-                reason = divergence_reason(cfg, loss, best, epoch)
+                reason = divergence_reason(cfg, loss, best, epoch, initial)
                 if reason:
                     status = "diverged"
                     break
+                if on_epoch is not None:
+                    on_epoch(epoch, loss)
                 _save_checkpoint(checkpoint_path, {"epoch": epoch, "model": model.state_dict(),
                                                    "optimizer": optimizer.state_dict(), "rng": _rng_state(device, data_rng),
                                                    "rows": rows, "wallclock": wallclock, "wandb_id": logger.id})
             else:
                 finished = n_epochs >= epochs_to_train(cfg.epochs, skip_final)
                 status = "finished" if finished else "stopped"
+        except PruneRun as stop:
+            status, reason = "pruned", str(stop) or None
         except Exception as err:  # noqa: BLE001 - record, then let the caller decide
-            status, reason = "failed", f"{type(err).__name__}: {err}"
-            traceback.print_exc()
+            if isinstance(err, FloatingPointError) or not _finite_parameters(model):
+                status, reason = "diverged", f"non-finite values during training ({type(err).__name__}: {err})"
+            else:
+                status, reason = "failed", f"{type(err).__name__}: {err}"
+                traceback.print_exc()
         finally:
             if bar is not None:
                 bar.close()
         atomic_write_text(run_dir / "metrics.csv", metrics_csv_text(rows))
         _save_reconstructions(run_dir, model, data)
-        extra = {"run_dir": str(run_dir), "device": device_name(device), "dataset": cfg.dataset.name,
-                 "optimizer": cfg.optimizer.name, "seed": int(cfg.seed), "steps_per_epoch": steps_per_epoch,
-                 "torch": torch.__version__, "git_commit": git_commit()}
+        extra = {"run_dir": run_dir.relative_to(cfg.results_dir).as_posix(), "device": device_name(device),
+                 "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name, "seed": int(cfg.seed),
+                 "steps_per_epoch": steps_per_epoch, "eval_every": eval_every, "torch": torch.__version__,
+                 "git_commit": git_commit(), "load_average_start": load_start, "load_average_end": _load_average(),
+                 "cpu_count": os.cpu_count()}
         summary = _summary(rows, status, reason, primary, extra)
         atomic_write_json(summary_path, summary)
-        if status in FINAL_STATUSES:
+        if status in FINAL_STATUSES or status == "pruned":
             checkpoint_path.unlink(missing_ok=True)
         logger.finish(summary)
     print(f"[{status}] {run_dir}" + (f" ({reason})" if reason else ""))
     return summary
+
+
+def _epoch_loss(row: dict[str, Any], primary: str, running_scale: float) -> float:
+    """The epoch's primary train loss: the full evaluation if one ran, else the running mean of the
+    mini-batch losses in the primary metric's units (NaN stays NaN: it means divergence)."""
+    value = row[primary]
+    if value is None or math.isnan(value) or not math.isfinite(row["train_loss"]):
+        value = row["train_loss"] * running_scale
+    return value
+
+
+def _finite_parameters(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: wall-clock times measured under load are inflated."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _warm_up(model, optimizer_cfg: dict[str, Any], batch, n_steps: int) -> None:

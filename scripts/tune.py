@@ -1,98 +1,518 @@
-"""Run one optimizer's hyper-parameter search and export the best config to results/tuned/.
+"""Fair, resumable hyper-parameter search for one optimizer on one data set.
 
-    python -m scripts.tune --dataset mnist --optimizer adam --trials 20 -- stop_epoch=10
+    python -m scripts.tune --dataset mnist --optimizer adam [--trials 16] [--workers 2] [-- overrides]
 
-runs `python -m benchmarks.train -m +sweep=<optimizer> dataset=<dataset> ...` (Hydra's Optuna
-sweeper, TPE, seeded; hopeless trials end early by the dataset's pruning thresholds), then
-writes `results/tuned/<dataset>/<optimizer>.yaml`, a config the runner loads with
-`tuned=<dataset>/<optimizer>`. The file records where its values come from: the search space,
-the trial budget, the epochs, the data, the device, the best objective and the commit, so a
-tuned value is never mistaken for a guess.
+The protocol (see the README, "Tuning protocol"):
+- every trial trains exactly like a final run (full training set, the official 100-epoch
+  schedule with 99 trained epochs, batch 1000) and is scored by its best full-evaluation train
+  loss (cross-entropy, or squared error for FACES), the quantity the LocoProp notebook tunes on;
+- Optuna's TPE sampler (seeded, a few random start-up trials) proposes the settings of
+  `configs/sweep/<optimizer>.yaml`; every optimizer of a data set gets the same number of trials;
+- successive halving prunes trials on the running mean of each epoch's mini-batch losses (free),
+  and the notebook's exits (a loss above 1000, a best above 600, a best still above 350 after
+  epoch 12; CE scale) end hopeless trials; full evaluations run every `--eval-every` epochs;
+- the study lives in an SQLite file, `<results>/tuning/<dataset>/<optimizer>.db` (or any
+  SQLAlchemy URL via --storage): a killed search resumes with its finished trials kept, and a
+  trial whose worker died is retried with the same settings, resuming its run from the last
+  epoch checkpoint; several workers (--workers, or other machines on a shared database) share it;
+- the winning trial is re-run with seeds 1..S-1 (the trial itself is seed 0); the winner's seeds
+  are copied into the group `final`, and `results/tuned/<dataset>/<optimizer>.yaml` records the
+  values with their provenance (study, trial counts, budget, the seeds' mean +- std, device,
+  commit).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import fcntl
+import json
+import math
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import optuna
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
-from benchmarks.config import CONFIG_DIR
-from benchmarks.tracking import atomic_write_text
+from benchmarks.config import CONFIG_DIR, compose_config
+from benchmarks.tracking import atomic_write_json, atomic_write_text
+from benchmarks.train import FINAL_STATUSES, PruneRun, git_commit, pid_alive, run_dir_for, train
 
-TUNED_DIR = Path("results/tuned")
+TRIAL_GROUP, FINAL_GROUP = "tune", "final"
+SEED_DONE = (*FINAL_STATUSES, "stopped", "failed")  # a seed run in one of these is not run again
+STALE_AFTER_S = 1800  # a running trial whose heartbeat is older than this (other hosts) is retried
+RUN_OVERRIDES = ("logger=disabled", "progress=false")
+
+
+# ----------------------------------------------------------------------------- search space
+
+def search_space(optimizer: str) -> dict[str, dict[str, Any]]:
+    """The dotted config keys searched for `optimizer` and their ranges (configs/sweep/<optimizer>.yaml)."""
+    path = CONFIG_DIR / "sweep" / f"{optimizer}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"no search space {path}; optimizers with one: {', '.join(choices)}")
+    space = yaml.safe_load(path.read_text()) or {}
+    for key, spec in space.items():
+        if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
+            raise SystemExit(f"{path}: {key} needs {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
+    return space
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    values = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        elif isinstance(spec["low"], int) and isinstance(spec["high"], int):
+            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+        else:
+            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return values
+
+
+def overrides_for(values: dict[str, Any]) -> list[str]:
+    """Hydra overrides `key=value` for searched values (YAML flow style keeps lists and bools exact)."""
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for key, value in values.items()]
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+@dataclass
+class Protocol:
+    """What makes two searches comparable; stored in the study, so a resumed search cannot drift."""
+
+    trials: int = 16
+    seeds: int = 3
+    eval_every: int = 5
+    min_resource: int = 11  # successive halving rungs at 11, 33, 99 epochs
+    reduction_factor: int = 3
+    startup_trials: int = 5
+    sampler_seed: int = 0
+    overrides: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def notebook_exit(rules: Any, loss: float, best: float, epoch: int) -> str | None:
+    """The LocoProp notebook's tuning exits (dataset.prune), or None."""
+    if rules.get("max_loss") is not None and loss > rules.max_loss:
+        return f"train loss {loss:.4g} > {rules.max_loss} at epoch {epoch}"
+    if rules.get("max_best_loss") is not None and best > rules.max_best_loss:
+        return f"best train loss {best:.4g} > {rules.max_best_loss} at epoch {epoch}"
+    if (rules.get("patience_epoch") is not None and epoch >= rules.patience_epoch
+            and best > rules.patience_loss):
+        return f"best train loss {best:.4g} still > {rules.patience_loss} after epoch {epoch}"
+    return None
+
+
+# ----------------------------------------------------------------------------- one search
+
+class Search:
+    """One study (data set x optimizer): trials, the winner's seeds and the exported config.
+
+    `step()` does one unit of work (a trial, a seed or the export) and says what it did, so
+    several workers, and a campaign over many searches, share the work without a scheduler.
+    """
+
+    def __init__(self, dataset: str, optimizer: str, results: str | Path = "results", protocol: Protocol | None = None,
+                 storage: str | None = None, tuned_dir: str | Path = "results/tuned", export_as: str | None = None,
+                 note: str = ""):
+        self.dataset, self.optimizer = dataset, optimizer
+        self.results = Path(results)
+        self.protocol = protocol or Protocol()
+        self.space = search_space(optimizer)
+        folder = self.results / "tuning" / dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        self.db_path = folder / f"{optimizer}.db"
+        self.storage_url = storage or f"sqlite:///{self.db_path}"
+        self.lock_path = folder / f"{optimizer}.lock"
+        self.tuned_path = Path(tuned_dir) / (export_as or dataset) / f"{optimizer}.yaml"
+        self.export_as, self.note = export_as, note
+        self.study = self._open_study()
+
+    # -- study
+    def _sampler(self, n_trials: int) -> optuna.samplers.BaseSampler:
+        """TPE seeded by the protocol's seed and the number of trials so far: a resumed search, or a
+        second worker, draws new settings instead of repeating the first ones, and one worker's
+        search is reproducible from its history."""
+        p = self.protocol
+        return optuna.samplers.TPESampler(seed=p.sampler_seed + n_trials, n_startup_trials=p.startup_trials,
+                                          multivariate=True, constant_liar=True)
+
+    def _open_study(self) -> optuna.Study:
+        p = self.protocol
+        sampler = self._sampler(0)
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+        with self._lock():
+            study = optuna.create_study(storage=self.storage_url, study_name=f"{self.dataset}-{self.optimizer}",
+                                        direction="minimize", sampler=sampler, pruner=pruner, load_if_exists=True)
+            recorded = study.user_attrs.get("protocol")
+            wanted = {**p.as_dict(), "search_space": self.space}
+            wanted.pop("seeds")  # validation, not search: may grow later
+            if recorded is None:
+                study.set_user_attr("protocol", wanted)
+            elif recorded != wanted:
+                changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+                raise SystemExit(f"{self.storage_url}: the study was started with another protocol ({', '.join(changed)} "
+                                 f"differ: {[recorded.get(k) for k in changed]} vs {[wanted.get(k) for k in changed]}); "
+                                 "use the same settings, or a new --results folder")
+        return study
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """Exclusive among the workers sharing this results folder (claiming a trial, exporting)."""
+        with open(self.lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states or None)
+
+    def _retry_stale(self) -> None:
+        """Fail running trials whose worker is gone and enqueue each again with the same settings."""
+        now = time.time()
+        for t in self.trials(TrialState.RUNNING):
+            host, _, pid = str(t.user_attrs.get("owner", ":")).partition(":")
+            beat = float(t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now))
+            dead_here = host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
+            if dead_here or now - beat > STALE_AFTER_S:
+                self.study.tell(t.number, state=TrialState.FAIL)
+                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+                print(f"[tune] {self.study.study_name}: trial {t.number} lost its worker; retrying its settings")
+
+    def claim(self) -> optuna.Trial | None:
+        """A new (or retried) trial if the budget allows; the count includes running ones, so
+        concurrent workers never overshoot the budget."""
+        with self._lock():
+            self._retry_stale()
+            waiting = self.trials(TrialState.WAITING)
+            used = len(self.trials(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+            failures = len([t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs])
+            if not waiting and (used >= self.protocol.trials or failures >= self.protocol.trials):
+                return None
+            self.study.sampler = self._sampler(len(self.trials()))
+            trial = self.study.ask()
+            trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
+            trial.set_user_attr("heartbeat", time.time())
+            return trial
+
+    # -- configs
+    def config(self, values: dict[str, Any], seed: int, group: str) -> DictConfig:
+        return compose_config([f"dataset={self.dataset}", f"optimizer={self.optimizer}", f"seed={seed}",
+                               f"group={group}", f"results_dir={self.results}", f"eval_every={self.protocol.eval_every}",
+                               *RUN_OVERRIDES, *self.protocol.overrides, *overrides_for(values)])
+
+    def run_trial(self, trial: optuna.Trial) -> str:
+        """Train one trial; tell Optuna how it ended (complete, pruned, or failed)."""
+        values = suggest(trial, self.space)
+        cfg = self.config(values, seed=0, group=TRIAL_GROUP)
+        trial.set_user_attr("run_dir", run_dir_for(cfg).relative_to(self.results).as_posix())
+        rules, last_epoch = cfg.dataset.prune, _trained_epochs(cfg)
+        best = math.inf
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            nonlocal best
+            best = min(best, loss)
+            trial.set_user_attr("heartbeat", time.time())
+            trial.report(loss, epoch)
+            reason = notebook_exit(rules, loss, best, epoch)
+            if reason:
+                raise PruneRun(f"notebook exit: {reason}")
+            if epoch < last_epoch and trial.should_prune():
+                raise PruneRun(f"successive halving at epoch {epoch} (loss {loss:.4g})")
+
+        print(f"[tune] {self.study.study_name}: trial {trial.number} {values}", flush=True)
+        try:
+            summary = train(cfg, on_epoch=on_epoch)
+        except RuntimeError as err:  # the same settings are running in another worker right now
+            if "in use by" not in str(err):
+                raise
+            trial.set_user_attr("status", "duplicate of a running trial")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return "duplicate"
+        status = summary["status"]
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("reason", summary.get("reason"))
+        try:
+            if status in ("finished", "stopped"):
+                self.study.tell(trial, summary[f"best_{summary['primary_metric']}"])
+            elif status in ("pruned", "diverged"):
+                self.study.tell(trial, state=TrialState.PRUNED)
+            else:
+                trial.set_user_attr("error", summary.get("reason"))
+                self.study.tell(trial, state=TrialState.FAIL)
+        except (RuntimeError, ValueError) as err:  # declared lost meanwhile (heartbeat too old) and retried
+            print(f"[tune] {self.study.study_name}: trial {trial.number} was already closed ({err})")
+        return status
+
+    # -- the winner
+    def search_done(self) -> bool:
+        finished = self.trials(TrialState.COMPLETE, TrialState.PRUNED)
+        busy = self.trials(TrialState.RUNNING, TrialState.WAITING)
+        failures = [t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs]
+        return not busy and (len(finished) >= self.protocol.trials or len(failures) >= self.protocol.trials)
+
+    def best(self) -> optuna.trial.FrozenTrial | None:
+        complete = self.trials(TrialState.COMPLETE)
+        return min(complete, key=lambda t: t.value) if complete else None
+
+    def seed_configs(self) -> list[DictConfig]:
+        best = self.best()
+        return [self.config(best.params, seed=s, group=FINAL_GROUP) for s in range(self.protocol.seeds)]
+
+    def _promote_winner(self, cfg: DictConfig) -> bool:
+        """Seed 0 of the winner is the winning trial itself: copy its finished run into `final`."""
+        source = run_dir_for(self.config(self.best().params, seed=0, group=TRIAL_GROUP))
+        target = run_dir_for(cfg)
+        if (target / "summary.json").exists() or not (source / "summary.json").exists():
+            return False
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "metrics.csv", "reconstructions.npz"):
+            if (source / name).exists():
+                shutil.copy2(source / name, target / name)
+        summary = json.loads((source / "summary.json").read_text())
+        summary.update(run_dir=target.relative_to(self.results).as_posix(), copied_from=summary["run_dir"])
+        atomic_write_json(target / "summary.json", summary)  # last: it marks the run as done
+        return True
+
+    def seed_statuses(self) -> list[str | None]:
+        out = []
+        for cfg in self.seed_configs():
+            path = run_dir_for(cfg) / "summary.json"
+            out.append(json.loads(path.read_text()).get("status") if path.exists() else None)
+        return out
+
+    # -- one unit of work
+    def step(self) -> str:
+        """'trial', 'seed' or 'export' when work was done; 'busy' when only other workers' work is
+        left for now; 'done' when this search is finished and exported."""
+        trial = self.claim()
+        if trial is not None:
+            self.run_trial(trial)
+            return "trial"
+        if not self.search_done():
+            return "busy"
+        if self.best() is None:
+            print(f"[tune] {self.study.study_name}: no trial completed; nothing to export")
+            return "done"
+        for cfg in self.seed_configs():
+            if cfg.seed == 0 and self._promote_winner(cfg):
+                return "seed"
+            path = run_dir_for(cfg) / "summary.json"
+            status = json.loads(path.read_text()).get("status") if path.exists() else None
+            if status in SEED_DONE:
+                continue
+            try:
+                train(cfg)
+            except RuntimeError as err:  # another worker holds this run: leave it to them
+                if "in use by" not in str(err):
+                    raise
+                continue
+            return "seed"
+        if any(s not in SEED_DONE for s in self.seed_statuses()):
+            return "busy"
+        with self._lock():
+            if self.exported() != (self.best().number, list(range(self.protocol.seeds))):
+                self.export()
+                return "export"
+        return "done"
+
+    def exported(self) -> tuple[int, list[int]] | None:
+        """(best trial, seeds) of the tuned config on disk when it comes from this study."""
+        if not self.tuned_path.exists():
+            return None
+        source = (yaml.safe_load(self.tuned_path.read_text()) or {}).get("tuned_source", {})
+        if source.get("study_name") != self.study.study_name:
+            return None
+        return source.get("best_trial"), source.get("validation", {}).get("seeds")
+
+    # -- export
+    def provenance(self) -> dict[str, Any]:
+        best = self.best()
+        p = self.protocol
+        counts = {state.name.lower(): len(self.trials(state)) for state in (TrialState.COMPLETE, TrialState.PRUNED)}
+        counts["diverged"] = len([t for t in self.trials(TrialState.PRUNED) if t.user_attrs.get("status") == "diverged"])
+        counts["notebook_exit"] = len([t for t in self.trials(TrialState.PRUNED)
+                                       if str(t.user_attrs.get("reason", "")).startswith("notebook exit")])
+        counts["failed"] = len([t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs])
+        counts["retried"] = len([t for t in self.trials() if "retry_of" in t.user_attrs])
+        seeds = []
+        for cfg in self.seed_configs():
+            summary = json.loads((run_dir_for(cfg) / "summary.json").read_text())
+            seeds.append(summary)
+        primary = seeds[0]["primary_metric"]
+        validation = {"seeds": [int(s["seed"]) for s in seeds], "statuses": [s["status"] for s in seeds],
+                      "runs": [s["run_dir"] for s in seeds]}
+        for key in (f"final_{primary}", f"final_{primary.replace('train', 'test')}", f"best_{primary}"):
+            values = [s.get(key) for s in seeds if s["status"] in ("finished", "stopped") and s.get(key) is not None]
+            validation[key] = _mean_std(values)
+        cfg = self.seed_configs()[0]
+        source = {
+            "kind": "search",
+            "protocol": "scripts/tune.py: full-length trials, equal budget, successive halving, TPE",
+            "study": _relative(self.db_path) if self.storage_url.startswith("sqlite") else "(database URL not recorded)",
+            "study_name": self.study.study_name,
+            "search_space": self.space,
+            "budget_trials": p.trials,
+            "trials": counts,
+            "sampler": f"optuna TPE (seed {p.sampler_seed}, {p.startup_trials} random start-up trials, multivariate)",
+            "pruner": (f"successive halving (min {p.min_resource} epochs, reduction factor {p.reduction_factor}) on the "
+                       "running train loss; the notebook's exits (dataset.prune)"),
+            "trial_run": (f"{cfg.dataset.name} n_train={cfg.dataset.n_train or 'all'}, batch {cfg.batch_size}, "
+                          f"{cfg.schedule.name} schedule over {cfg.epochs} epochs "
+                          f"({_trained_epochs(cfg)} trained), full evaluation every {p.eval_every} epochs"),
+            "trial_overrides": list(p.overrides),
+            "objective": f"best full-evaluation {primary} of the trial",
+            "best_trial": best.number,
+            "best_value": float(best.value),
+            "validation": validation,
+            "device": seeds[0].get("device"),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "commit": git_commit() or "unknown",
+        }
+        if self.export_as and self.export_as != self.dataset:
+            source["data"] = f"searched on {self.dataset}, a stand-in, and exported for {self.export_as}"
+        if self.note:
+            source["note"] = self.note
+        return source
+
+    def export(self) -> Path:
+        target = self.export_as or self.dataset
+        text = tuned_yaml(target, self.optimizer, self.best().params, self.provenance())
+        atomic_write_text(self.tuned_path, text)
+        print(f"[tune] wrote {self.tuned_path}")
+        return self.tuned_path
+
+
+def _trained_epochs(cfg: DictConfig) -> int:
+    n = cfg.epochs - (1 if cfg.schedule.skip_final_epoch else 0)
+    return min(n, cfg.stop_epoch) if cfg.stop_epoch is not None else n
+
+
+def _mean_std(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def _relative(path: Path) -> str:
+    """A path relative to the working directory when inside it (no machine paths in committed files)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def tuned_yaml(dataset: str, optimizer: str, values: dict, source: dict) -> str:
     """The text of a tuned config: a global-package Hydra config selecting dataset and optimizer."""
-    body = {"defaults": [{"override /dataset": dataset}, {"override /optimizer": optimizer}]}
-    nested: dict = {}
+    body: dict[str, Any] = {"defaults": [{"override /dataset": dataset}, {"override /optimizer": optimizer}]}
     for dotted, value in values.items():
-        node = nested
+        node = body
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    body.update(nested)
     body["tuned_source"] = source
     header = (f"# @package _global_\n# Tuned config for {optimizer} on {dataset}: "
               f"python -m benchmarks.train tuned={dataset}/{optimizer}\n")
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
-def search_space(optimizer: str) -> dict:
-    cfg = yaml.safe_load((CONFIG_DIR / "sweep" / f"{optimizer}.yaml").read_text())
-    return cfg["hydra"]["sweeper"]["params"]
+# ----------------------------------------------------------------------------- workers
+
+def work(searches: list[Search], poll_s: float = 5.0) -> None:
+    """Do the earliest available unit of work until every search is done (one worker's loop)."""
+    while True:
+        results = []
+        for search in searches:
+            result = search.step()
+            results.append(result)
+            if result not in ("busy", "done"):
+                break
+        else:
+            if all(r == "done" for r in results):
+                return
+            time.sleep(poll_s)  # only other workers' trials or seeds are left for now
 
 
-def main(argv: list[str] | None = None) -> Path:
+def spawn_workers(argv: list[str], n: int) -> list[subprocess.Popen]:
+    """n - 1 more processes running the same command as single workers on the shared studies."""
+    options, overrides = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
+    kept, skip = [], False
+    for token in options:
+        if skip:
+            skip = False
+        elif token == "--workers":
+            skip = True
+        elif not token.startswith("--workers="):
+            kept.append(token)
+    cmd = [sys.executable, "-m", sys.modules["__main__"].__spec__.name, *kept, "--workers", "1", *overrides]
+    return [subprocess.Popen(cmd) for _ in range(n - 1)]
+
+
+def protocol_args(parser: argparse.ArgumentParser) -> None:
+    defaults = Protocol()
+    parser.add_argument("--trials", type=int, default=defaults.trials, help="trials per optimizer (equal budget)")
+    parser.add_argument("--seeds", type=int, default=defaults.seeds, help="seeds of the winner (the trial is seed 0)")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    parser.add_argument("--min-resource", type=int, default=defaults.min_resource, help="first rung (epochs)")
+    parser.add_argument("--reduction-factor", type=int, default=defaults.reduction_factor)
+    parser.add_argument("--startup-trials", type=int, default=defaults.startup_trials)
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--tuned-dir", default="results/tuned")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the work (one per core at most)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --), e.g. dataset.n_train=10000")
+
+
+def protocol_from(args: argparse.Namespace) -> Protocol:
+    return Protocol(trials=args.trials, seeds=args.seeds, eval_every=args.eval_every, min_resource=args.min_resource,
+                    reduction_factor=args.reduction_factor, startup_trials=args.startup_trials,
+                    overrides=list(args.overrides))
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--optimizer", required=True)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--tuned-dir", default=str(TUNED_DIR))
-    parser.add_argument("--export-as", default=None, help="dataset the tuned config is for, when the search ran "
-                        "on a stand-in (e.g. search curves_synth, export as curves); recorded in the provenance")
-    parser.add_argument("--note", default="", help="free text stored in the provenance (e.g. data subset, machine)")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial (after --)")
+    parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite under <results>/tuning/)")
+    parser.add_argument("--export-as", default=None, help="data set the tuned config is for, when the search ran on "
+                        "a stand-in (e.g. search curves_synth, export as curves); recorded in the provenance")
+    parser.add_argument("--note", default="", help="free text stored in the provenance")
+    protocol_args(parser)
     args = parser.parse_args(argv)
-    if not (CONFIG_DIR / "sweep" / f"{args.optimizer}.yaml").exists():
-        raise SystemExit(f"no search space configs/sweep/{args.optimizer}.yaml")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    sweep_dir = Path(args.results) / "tuning" / args.dataset / args.optimizer / stamp
-    cmd = [sys.executable, "-m", "benchmarks.train", "-m", f"+sweep={args.optimizer}", f"dataset={args.dataset}",
-           f"hydra.sweeper.n_trials={args.trials}", f"results_dir={args.results}", f"hydra.sweep.dir={sweep_dir}",
-           f"group=tune-{stamp}", *args.overrides]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    from benchmarks.config import compose_config
-    from benchmarks.train import device_name, git_commit, resolve_device
-
-    trial_cfg = compose_config([f"+sweep={args.optimizer}", f"dataset={args.dataset}", *args.overrides])
-    source = {"kind": "search",
-              "search_space": search_space(args.optimizer),
-              "budget_trials": args.trials,
-              "sampler": "optuna TPE (seed 0)",
-              "epochs_per_trial": trial_cfg.stop_epoch if trial_cfg.stop_epoch is not None else trial_cfg.epochs,
-              "schedule": f"{trial_cfg.schedule.name} over {trial_cfg.epochs} epochs, "
-                          f"{trial_cfg.schedule.warmup_epochs} warm-up",
-              "data": f"{args.dataset} n_train={trial_cfg.dataset.n_train}",
-              "trial_overrides": list(args.overrides),
-              "objective": "best train loss (primary metric) within the trial",
-              "best_value": float(result["best_value"]),
-              "device": device_name(resolve_device("auto")),
-              "date": stamp, "commit": git_commit() or "unknown", "sweep_dir": str(sweep_dir), "note": args.note}
-    target = args.export_as or args.dataset
-    if target != args.dataset:
-        source["data"] += f" (searched on this stand-in, exported for {target})"
-    path = Path(args.tuned_dir) / target / f"{args.optimizer}.yaml"
-    atomic_write_text(path, tuned_yaml(target, args.optimizer, result["best_params"], source))
-    print(f"wrote {path}")
-    return path
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = Search(args.dataset, args.optimizer, args.results, protocol_from(args), storage=args.storage,
+                    tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note)
+    children = spawn_workers(argv, args.workers) if args.workers > 1 else []
+    try:
+        work([search])
+    finally:
+        for child in children:
+            child.wait()
+    return search.tuned_path if search.tuned_path.exists() else None
 
 
 if __name__ == "__main__":

@@ -262,6 +262,63 @@ def test_quadratic_model_alpha_mu_equal_explicit_gauss_newton_solve(loss_kind, s
     torch.testing.assert_close(_theta(model) - theta, step, rtol=1e-7, atol=1e-10)
 
 
+def _explicit_model(model, x, eta):
+    """grad h and the Gauss-Newton matrix J^T H J at the current parameters, from an explicit Jacobian."""
+    fn, shapes = _flat_logits_fn(model, x)
+    theta = _theta(model)
+    th = theta.clone().requires_grad_(True)
+    logits = fn(th)
+    h = model.loss_from_logits(logits, x) + 0.5 * eta * th.pow(2).sum()
+    grad_h = torch.autograd.grad(h, th)[0]
+    jac = torch.autograd.functional.jacobian(fn, theta).reshape(-1, theta.numel())
+    if model.loss_kind == "bernoulli":
+        p = torch.sigmoid(logits.detach()).reshape(-1)
+        out_hessian = p * (1 - p) / x.shape[0]
+    else:
+        out_hessian = torch.full((jac.shape[0],), 1.0 / x.shape[0], dtype=jac.dtype)
+    return theta, grad_h, jac.T @ (out_hessian[:, None] * jac), shapes
+
+
+@pytest.mark.parametrize("rho_includes_damping", [False, True])
+@pytest.mark.parametrize("loss_kind", ["bernoulli", "gaussian"])
+def test_predicted_change_equals_explicit_quadratic_model(loss_kind, rho_includes_damping):
+    """rho's denominator: 1/2 d^T (J^T H J + eta I) d + grad_h . d for the step d taken, plus
+    1/2 lambda |d|^2 only with rho_includes_damping (TF K-FAC / kfac-jax leave lambda out)."""
+    model = tiny(loss_kind)
+    eta, lam = 1e-3, 0.5
+    opt = KFAC(model, loss=loss_kind, damping=lam, weight_decay=eta, damping_adaptation_period=1,
+               rho_includes_damping=rho_includes_damping)
+    for s in range(2):  # so the step has a momentum part
+        xs = batch(seed=40 + s)
+        opt.step(xs, xs)
+    x = batch()
+    lam_now = opt.damping
+    theta, grad_h, gn, _ = _explicit_model(model, x, eta)
+    opt.step(x, x)
+    d = _theta(model) - theta
+    curvature = gn + (eta + (lam_now if rho_includes_damping else 0.0)) * torch.eye(theta.numel(), dtype=theta.dtype)
+    want = 0.5 * d @ curvature @ d + grad_h @ d
+    torch.testing.assert_close(opt.last["predicted"], want, rtol=1e-7, atol=1e-12)
+    assert float(opt.last["mu"]) != 0.0
+
+
+def test_adaptive_lr_without_momentum_chooses_alpha_alone():
+    model = tiny()
+    eta, lam = 1e-3, 0.5
+    opt = KFAC(model, loss="bernoulli", damping=lam, weight_decay=eta, adapt_damping=False, adapt_momentum=False)
+    for s in range(2):
+        xs = batch(seed=50 + s)
+        opt.step(xs, xs)
+    x = batch()
+    theta, grad_h, gn, shapes = _explicit_model(model, x, eta)
+    proposal = -_flat(opt.precondition(_split(grad_h, shapes)))
+    opt.step(x, x)
+    curv = gn + (lam + eta) * torch.eye(theta.numel(), dtype=theta.dtype)
+    alpha = -(grad_h @ proposal) / (proposal @ curv @ proposal)
+    assert float(opt.last["mu"]) == 0.0
+    torch.testing.assert_close(_theta(model) - theta, alpha * proposal, rtol=1e-7, atol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["identity", "tanh", "sigmoid", "relu", "softmax"])
 def test_transfer_jvp_matches_autograd(name):
     a = torch.randn(4, 5, dtype=torch.float64)

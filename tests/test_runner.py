@@ -81,14 +81,16 @@ def test_notebook_thresholds_end_hopeless_runs(tmp_path):
 
 def test_stop_epoch_keeps_schedule_and_resume_equals_uninterrupted(tmp_path):
     common = ["optimizer=rmsprop_tf1", "optimizer.lr=1e-4", "epochs=10", "schedule.warmup_epochs=2"]
-    full = train(tiny_cfg(tmp_path / "a", *common, "stop_epoch=4"))
+    full_cfg = tiny_cfg(tmp_path / "a", *common, "stop_epoch=4")
+    full = train(full_cfg)
     assert full["status"] == "stopped"
     part_cfg = tiny_cfg(tmp_path / "b", *common, "stop_epoch=2")
     train(part_cfg)
     assert (run_dir_for(part_cfg) / "checkpoint.pt").exists()
-    resumed = train(tiny_cfg(tmp_path / "b", *common, "stop_epoch=4"))
-    a = pd.read_csv(Path(full["run_dir"]) / "metrics.csv")
-    b = pd.read_csv(Path(resumed["run_dir"]) / "metrics.csv")
+    resumed_cfg = tiny_cfg(tmp_path / "b", *common, "stop_epoch=4")
+    train(resumed_cfg)
+    a = pd.read_csv(run_dir_for(full_cfg) / "metrics.csv")
+    b = pd.read_csv(run_dir_for(resumed_cfg) / "metrics.csv")
     cols = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert list(a.lr) == pytest.approx([0.0, 0.0, 0.5e-4, 1e-4 * (1 - 1 / 8), 1e-4 * (1 - 2 / 8)])

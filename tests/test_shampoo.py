@@ -40,8 +40,8 @@ def _grads(shape, n, seed=0):
 
 
 def _run(param: torch.Tensor, grads, **kwargs) -> tuple[list[np.ndarray], Shampoo]:
-    """Apply the gradients one by one (lr 1, no momentum unless given); return the steps."""
-    kwargs = {"lr": 1.0, "momentum": 0.0, **kwargs}
+    """Apply the gradients one by one (lr 1, no momentum, absolute epsilon unless given); return the steps."""
+    kwargs = {"lr": 1.0, "momentum": 0.0, "relative_epsilon": False, **kwargs}
     opt = Shampoo([param], **kwargs)
     steps = []
     for g in grads:
@@ -85,6 +85,31 @@ def test_relative_epsilon_scales_the_ridge_by_the_largest_eigenvalue():
         lr_root = _root(left, eps * np.linalg.eigvalsh(left)[-1], 0.25)
         r_root = _root(right, eps * np.linalg.eigvalsh(right)[-1], 0.25)
         np.testing.assert_allclose(step, lr_root @ g @ r_root, rtol=1e-9, atol=1e-10)
+
+
+def _rank_deficient_direction(dtype, **kwargs) -> torch.Tensor:
+    """The Shampoo direction after 5 rank-3 gradients of MNIST-like scale (lambda_max ~ 1e5)."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.zeros(200, 100, dtype=dtype, requires_grad=True)
+    opt = Shampoo([p], lr=1.0, momentum=0.0, grafting="none", start_preconditioning_step=1,
+                  precondition_frequency=1, **kwargs)
+    for _ in range(5):
+        u = 30 * torch.randn(200, 3, generator=gen, dtype=torch.float64)
+        p.grad = (u @ torch.randn(3, 100, generator=gen, dtype=torch.float64)).to(dtype)
+        before = p.detach().clone()
+        opt.step()
+    return (before - p.detach()).double()
+
+
+def test_default_ridge_keeps_float32_direction_close_to_float64_on_rank_deficient_statistics():
+    """The default (relative) ridge sits above float32 round-off; a tiny absolute one does not."""
+    def error(**kwargs):
+        want = _rank_deficient_direction(torch.float64, **kwargs)
+        return float((_rank_deficient_direction(torch.float32, **kwargs) - want).norm() / want.norm())
+
+    assert Shampoo([torch.zeros(2, 2)]).defaults["relative_epsilon"] is True
+    assert error() < 1e-3
+    assert error(relative_epsilon=False) > 0.1  # why the absolute 1e-6 is not the default
 
 
 def test_refresh_schedule_and_stale_roots():

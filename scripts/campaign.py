@@ -1,0 +1,139 @@
+"""A long, resumable batch of searches and runs, shared by a few worker processes.
+
+    python -m scripts.campaign cpu-reference [--workers 2] [--threads 1]
+
+A campaign is an ordered plan of items: searches (`scripts.tune.Search`: trials, the winner's
+seeds, the exported config) and plain runs (published defaults, extra seeds). Every worker walks
+the plan from the top and does the first unit of work that is free, so the earliest items finish
+first and several workers never wait for each other while work is left. Everything resumes: the
+studies from their SQLite files, interrupted runs from their epoch checkpoints, and a trial whose
+worker died is retried with the same settings. Run it again (or start more workers) at any time.
+
+`cpu-reference` is the comparison this repository ships in `results/reference/cpu/`: the CURVES-like
+stand-in with all nine optimizers of the paper (16 full-length trials each, 3 seeds of the winner),
+then the real MNIST (LocoProp-M with the authors' published defaults, 3 seeds; the seven baselines
+and LocoProp-S with 8 full-length trials each; 3 seeds of the best baseline).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from omegaconf import DictConfig
+
+from benchmarks.config import compose_config
+from benchmarks.train import run_dir_for, train
+from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, work
+
+PAPER_OPTIMIZERS = ("sgd", "nesterov", "adagrad", "rmsprop", "adam", "shampoo", "kfac", "locoprop_s", "locoprop_m")
+PAPER_BASELINES = PAPER_OPTIMIZERS[:7]
+
+
+class Runs:
+    """Plain runs of fixed configs (e.g. a published default over seeds), one per `step()`."""
+
+    def __init__(self, configs: Callable[[], list[DictConfig]]):
+        self.configs = configs
+
+    def step(self) -> str:
+        busy = False
+        for cfg in self.configs():
+            path = run_dir_for(cfg) / "summary.json"
+            if path.exists() and json.loads(path.read_text()).get("status") in SEED_DONE:
+                continue
+            try:
+                train(cfg)
+            except RuntimeError as err:  # another worker holds this run
+                if "in use by" not in str(err):
+                    raise
+                busy = True
+                continue
+            return "seed"
+        return "busy" if busy else "done"
+
+
+class BestOf:
+    """More seeds for the best of several finished searches (by the mean final train loss of
+    their validated seeds), once all of them are done."""
+
+    def __init__(self, searches: list[Search], seeds: int):
+        self.searches, self.seeds = searches, seeds
+        self.chosen: Search | None = None
+
+    def step(self) -> str:
+        if self.chosen is None:
+            if not all(s.search_done() and s.exported() is not None for s in self.searches):
+                return "busy"
+            self.chosen = min(self.searches, key=_validated_final_loss)
+            self.chosen.protocol.seeds = self.seeds
+            print(f"[campaign] best baseline on {self.chosen.dataset}: {self.chosen.optimizer}; {self.seeds} seeds")
+        return self.chosen.step()
+
+
+def _validated_final_loss(search: Search) -> float:
+    import yaml
+
+    source = yaml.safe_load(search.tuned_path.read_text())["tuned_source"]
+    stats = [v for k, v in source["validation"].items() if k.startswith("final_train")]
+    mean = stats[0]["mean"] if stats else None
+    return mean if mean is not None else math.inf
+
+
+def published_default_runs(dataset: str, optimizer: str, results: str, seeds: range, eval_every: int) -> Runs:
+    def configs() -> list[DictConfig]:
+        return [compose_config([f"tuned={dataset}/{optimizer}", f"dataset={dataset}", f"seed={s}", "group=final",
+                                f"results_dir={results}", f"eval_every={eval_every}", *RUN_OVERRIDES])
+                for s in seeds]
+    return Runs(configs)
+
+
+def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
+    """The plan of the shipped CPU reference comparison (see the module docstring)."""
+    curves_dir, mnist_dir = f"{root}/curves_synth", f"{root}/mnist"
+    curves = [Search("curves_synth", o, curves_dir, Protocol(trials=16, seeds=3), tuned_dir=tuned_dir,
+                     export_as="curves", note="CPU reference campaign (scripts/campaign.py cpu-reference)")
+              for o in PAPER_OPTIMIZERS]
+    mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=1), tuned_dir=tuned_dir,
+                    note="CPU reference campaign (scripts/campaign.py cpu-reference)")
+             for o in (*PAPER_BASELINES, "locoprop_s")]
+    return [*curves,
+            published_default_runs("mnist", "locoprop_m", mnist_dir, range(1), eval_every=5),
+            *mnist,
+            published_default_runs("mnist", "locoprop_m", mnist_dir, range(3), eval_every=5),
+            BestOf([s for s in mnist if s.optimizer in PAPER_BASELINES], seeds=3)]
+
+
+PLANS = {"cpu-reference": cpu_reference}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("plan", choices=sorted(PLANS))
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    children = []
+    if args.workers > 1:
+        import subprocess
+        cmd = [sys.executable, "-m", "scripts.campaign", args.plan, "--workers", "1"]
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        children = [subprocess.Popen(cmd) for _ in range(args.workers - 1)]
+    try:
+        work(PLANS[args.plan]())
+    finally:
+        for child in children:
+            child.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The tuning protocol: persistent studies that survive kills, pruning, shared workers, export."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy.exc
+import yaml
+from optuna.trial import TrialState
+
+from benchmarks.config import compose_config
+from benchmarks.train import run_dir_for, train
+from scripts.tune import Protocol, Search, overrides_for
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
+        "epochs=8", "warmup_steps=0"]
+COLUMNS = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
+
+
+def tiny_search(tmp_path, optimizer="sgd", trials=2, seeds=2, overrides=TINY, **protocol) -> Search:
+    protocol = Protocol(trials=trials, seeds=seeds, eval_every=2, min_resource=2, overrides=list(overrides), **protocol)
+    return Search("curves_synth", optimizer, tmp_path / "res", protocol, tuned_dir=tmp_path / "tuned")
+
+
+def states(search: Search) -> list[str]:
+    return [t.state.name for t in search.study.get_trials()]
+
+
+def test_overrides_keep_types():
+    assert overrides_for({"optimizer.lr": 1e-5, "optimizer.adapt_momentum": False, "optimizer.grafting": "adagrad",
+                          "optimizer.betas": [0.9, 0.99]}) == [
+        "optimizer.lr=1.0e-05", "optimizer.adapt_momentum=false", "optimizer.grafting=adagrad",
+        "optimizer.betas=[0.9, 0.99]"]
+
+
+def test_pruned_trial_is_recorded_as_pruned_and_its_run_says_so(tmp_path):
+    search = tiny_search(tmp_path, trials=2)
+    search.study.enqueue_trial({"optimizer.lr": 0.05})
+    search.study.enqueue_trial({"optimizer.lr": 1e-8})  # learns nothing: worse at the first rung
+    assert search.step() == "trial" and search.step() == "trial"
+    first, second = search.study.get_trials()
+    assert first.state == TrialState.COMPLETE and second.state == TrialState.PRUNED
+    assert second.user_attrs["status"] == "pruned" and "successive halving at epoch 2" in second.user_attrs["reason"]
+    summary = yaml.safe_load((search.results / second.user_attrs["run_dir"] / "summary.json").read_text())
+    assert summary["status"] == "pruned" and summary["epochs_completed"] == 2
+    assert not (search.results / second.user_attrs["run_dir"] / "checkpoint.pt").exists()
+    # the objective is the trial's best full-evaluation train loss
+    metrics = pd.read_csv(search.results / first.user_attrs["run_dir"] / "metrics.csv")
+    assert first.value == pytest.approx(metrics.train_ce.min())
+    assert metrics.train_ce.isna().tolist() == [False, True, False, True, False, True, False, False]
+
+
+def test_notebook_exit_and_divergence_count_as_pruned(tmp_path):
+    search = tiny_search(tmp_path, trials=2, overrides=[*TINY, "dataset.prune.max_best_loss=1"])
+    search.study.enqueue_trial({"optimizer.lr": 0.05})  # best > 1 at once: the notebook's exit
+    search.study.enqueue_trial({"optimizer.lr": 0.3})
+    search.step(), search.step()
+    for trial in search.study.get_trials():
+        assert trial.state == TrialState.PRUNED
+        assert trial.user_attrs["reason"].startswith("notebook exit: best train loss")
+
+
+def test_search_exports_a_config_that_reproduces_the_best_trial(tmp_path):
+    search = tiny_search(tmp_path, trials=3, seeds=2)
+    while search.step() != "done":
+        pass
+    exported = yaml.safe_load(search.tuned_path.read_text())
+    source = exported["tuned_source"]
+    best = search.best()
+    assert exported["optimizer"]["lr"] == best.params["optimizer.lr"]
+    assert source["kind"] == "search" and source["budget_trials"] == 3 and source["best_trial"] == best.number
+    assert source["trials"]["complete"] + source["trials"]["pruned"] == 3
+    assert source["validation"]["seeds"] == [0, 1] and source["validation"]["final_train_ce"]["n"] == 2
+    assert not any(str(v).startswith("/") for v in (source["study"], *source["validation"]["runs"]))
+    # seed 0 of the winner is the trial itself, copied into the final group
+    final = search.results / source["validation"]["runs"][0]
+    trial_run = search.results / best.user_attrs["run_dir"]
+    assert final.parts[-4] == "final" and final.name == trial_run.name
+    pd.testing.assert_frame_equal(pd.read_csv(final / "metrics.csv"), pd.read_csv(trial_run / "metrics.csv"))
+    # the runner loads the exported file as `tuned=...` and retrains the best trial exactly
+    cfg = compose_config([f"hydra.searchpath=[file://{tmp_path}]", "tuned=curves_synth/sgd",
+                          f"results_dir={tmp_path / 'again'}", "logger=disabled", "progress=false", "eval_every=2",
+                          *TINY])
+    assert run_dir_for(cfg).name == trial_run.name  # same training config, same run id
+    assert train(cfg)["status"] == "finished"
+    again = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
+    pd.testing.assert_frame_equal(again[COLUMNS], pd.read_csv(trial_run / "metrics.csv")[COLUMNS])
+    assert search.step() == "done"  # nothing left to do
+
+
+def test_resumed_study_refuses_a_different_protocol(tmp_path):
+    tiny_search(tmp_path, trials=2)
+    with pytest.raises(SystemExit, match="another protocol"):
+        tiny_search(tmp_path, trials=3)
+    tiny_search(tmp_path, trials=2, seeds=5)  # more validation seeds are fine
+
+
+def _tune_cli(tmp_path, *extra, trials=3, epochs=30):
+    return [sys.executable, "-m", "scripts.tune", "--dataset", "curves_synth", "--optimizer", "sgd",
+            "--trials", str(trials), "--seeds", "1", "--eval-every", "5", "--min-resource", "100",
+            "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), *extra, "--",
+            "dataset.n_train=1000", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
+            f"epochs={epochs}", "warmup_steps=0"]
+
+
+def _study(tmp_path) -> optuna.Study:
+    return optuna.load_study(study_name="curves_synth-sgd", storage=f"sqlite:///{tmp_path / 'res/tuning/curves_synth/sgd.db'}")
+
+
+def test_killed_search_keeps_finished_trials_and_resumes_the_lost_one(tmp_path):
+    proc = subprocess.Popen(_tune_cli(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "res/tuning/curves_synth/sgd.db"
+    deadline, killed_run = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                trials = _study(tmp_path).get_trials()
+            except (KeyError, sqlalchemy.exc.OperationalError):  # the file exists, the study not yet
+                continue
+            running = [t for t in trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            if done and running:
+                run = tmp_path / "res" / running[0].user_attrs["run_dir"]
+                if (run / "checkpoint.pt").exists() and len((run / "metrics.csv").read_text().splitlines()) >= 4:
+                    killed_run = running[0]
+                    break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the search finished before it could be killed (machine too fast for this timing)")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = {t.number: t.value for t in _study(tmp_path).get_trials(states=(TrialState.COMPLETE,))}
+    subprocess.run(_tune_cli(tmp_path), cwd=REPO, check=True, capture_output=True, timeout=600)
+    trials = _study(tmp_path).get_trials()
+    assert {t.number: t.value for t in trials if t.number in finished_before} == finished_before
+    assert trials[killed_run.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed_run.number]
+    assert len(retry) == 1 and retry[0].params == killed_run.params and retry[0].state.is_finished()
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
+    # the retried trial resumed its run: same run directory, metrics of an uninterrupted run
+    assert retry[0].user_attrs["run_dir"] == killed_run.user_attrs["run_dir"]
+    resumed = pd.read_csv(tmp_path / "res" / killed_run.user_attrs["run_dir"] / "metrics.csv")
+    cfg = compose_config(["dataset=curves_synth", "optimizer=sgd", *overrides_for(killed_run.params),
+                          f"results_dir={tmp_path / 'clean'}", "logger=disabled", "progress=false", "eval_every=5",
+                          "dataset.n_train=1000", "dataset.n_test=50", "batch_size=100",
+                          "model.sizes=[784,16,4,16,784]", "epochs=30", "warmup_steps=0"])
+    train(cfg)
+    clean = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
+    pd.testing.assert_frame_equal(resumed[COLUMNS], clean[COLUMNS])
+
+
+def test_two_workers_share_one_study_and_finish_exactly_the_budget(tmp_path):
+    out = subprocess.run(_tune_cli(tmp_path, "--workers", "2", trials=4, epochs=10), cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = _study(tmp_path).get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    owners = {t.user_attrs["owner"] for t in trials}
+    assert len(owners) == 2  # both processes ran trials
+    assert (tmp_path / "tuned/curves_synth/sgd.yaml").exists()
