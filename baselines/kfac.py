@@ -88,26 +88,6 @@ def quadratic_model_coefficients(c: Tensor, b: Tensor, first: bool) -> tuple[Ten
     return torch.where(ok, alpha, alpha_only), torch.where(ok, mu, torch.zeros_like(mu))
 
 
-def _transfer_jvp(name: str, y: Tensor, t: Tensor) -> Tensor:
-    """Directional derivative of the transfer f at a (given y = f(a)) along t, from y alone."""
-    if name == "identity":
-        return t
-    if name == "tanh":
-        return t * (1 - y * y)
-    if name == "sigmoid":
-        return t * (y * (1 - y))
-    if name == "relu":
-        return t * (y > 0).to(t.dtype)
-    if name == "softmax":
-        return y * (t - (y * t).sum(-1, keepdim=True))
-    raise ValueError(f"K-FAC does not know the derivative of transfer {name!r}")
-
-
-def _with_ones(x: Tensor) -> Tensor:
-    """[x, 1]: the homogeneous coordinate that folds the bias into the weight matrix."""
-    return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-
-
 class KFAC(torch.optim.Optimizer):
     """K-FAC for an `nn.Sequential` of `nn.Linear` layers and element-wise activations.
 
@@ -175,9 +155,9 @@ class KFAC(torch.optim.Optimizer):
         if not 0.0 < damping_decay < 1.0:
             raise ValueError(f"damping_decay (omega) must be in (0, 1), got {damping_decay}")
         layers = linear_chain(model)
-        if layers[-1].transfer != OUTPUT_TRANSFER[loss]:
+        if layers[-1].transfer.name != OUTPUT_TRANSFER[loss]:
             raise ValueError(f"loss {loss!r} expects the last layer's transfer to be "
-                             f"{OUTPUT_TRANSFER[loss]!r}, the model has {layers[-1].transfer!r}")
+                             f"{OUTPUT_TRANSFER[loss]!r}, the model has {layers[-1].transfer.name!r}")
         params = [p for layer in layers for p in layer.linear.parameters()]
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         factor_decay=factor_decay, inverse_update_period=inverse_update_period,
@@ -237,20 +217,10 @@ class KFAC(torch.optim.Optimizer):
         n = inputs.shape[0]
         a_list, g_list = [], []
         for layer, x, g in zip(self.layers, rec.inputs, fisher_grads):
-            xb = self._xbar(layer, x.detach())
+            xb = layer.xbar(x.detach())
             a_list.append(xb.T @ xb / n)
             g_list.append(g.T @ g * n)
         return a_list, g_list
-
-    @staticmethod
-    def _xbar(layer: ChainLayer, x: Tensor) -> Tensor:
-        return _with_ones(x) if layer.linear.bias is not None else x
-
-    @staticmethod
-    def _wbar(layer: ChainLayer) -> Tensor:
-        lin = layer.linear
-        w = lin.weight.detach()
-        return torch.cat([w, lin.bias.detach()[:, None]], dim=1) if lin.bias is not None else w
 
     def precondition(self, grads: list[Tensor]) -> list[Tensor]:
         """The damped inverse Kronecker-factored Fisher times each layer's [grad_W, grad_b]."""
@@ -361,7 +331,7 @@ class KFAC(torch.optim.Optimizer):
             if dx is not None:
                 t = t + torch.matmul(dx, layer.linear.weight.detach().T)
             if l + 1 < len(self.layers):
-                dx = _transfer_jvp(layer.transfer, rec.post[l].detach(), t)
+                dx = layer.transfer.jvp(rec.post[l].detach(), t)
         return t
 
     def _curvature_gram(self, rec: ForwardRecord, xbars: list[Tensor], directions: list[Tensor]) -> Tensor:
@@ -385,12 +355,12 @@ class KFAC(torch.optim.Optimizer):
         eta = group["weight_decay"]
         rec = forward_record(self.layers, inputs, grad_pre=True)
         loss, grads_pre, fisher_grads = self._backward(rec, targets, group["fisher"])
-        xbars = [self._xbar(layer, x.detach()) for layer, x in zip(self.layers, rec.inputs)]
+        xbars = [layer.xbar(x.detach()) for layer, x in zip(self.layers, rec.inputs)]
         self._update_factors(xbars, fisher_grads)
         if k == 1 or k % group["inverse_update_period"] == 0:
             self._refresh_inverses()
 
-        wbars = [self._wbar(layer) for layer in self.layers]
+        wbars = [layer.wbar() for layer in self.layers]
         grads = [torch.addmm(w, g.T, xb, beta=eta) if eta else g.T @ xb
                  for w, g, xb in zip(wbars, grads_pre, xbars)]
         proposals = [-u for u in self.precondition(grads)]
@@ -434,16 +404,10 @@ class KFAC(torch.optim.Optimizer):
         self.last = {"loss": loss, "alpha": alpha, "mu": mu, "rho": rho, "predicted": predicted}
         return loss
 
-    @torch.no_grad()
     def _apply(self, steps: list[Tensor]) -> None:
         for layer, s in zip(self.layers, steps):
-            lin = layer.linear
-            self.state[lin.weight]["delta"] = s
-            if lin.bias is not None:
-                lin.weight.add_(s[:, :-1])
-                lin.bias.add_(s[:, -1])
-            else:
-                lin.weight.add_(s)
+            self.state[layer.linear.weight]["delta"] = s
+            layer.add_(s)
 
     @staticmethod
     def _pad(m: Tensor) -> Tensor:

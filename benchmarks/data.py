@@ -1,14 +1,14 @@
-"""Dataset loaders for the deep-autoencoder benchmarks (REFERENCE.md section 3).
+"""File loaders for the deep-autoencoder benchmarks (docs/method.md, "Data").
 
-Every loader returns a `Dataset` of float32 row matrices on the requested device. Real files are
+Every loader returns the rows of a real data set as numpy arrays; `benchmarks.workloads` turns
+them into tensors of the right size on the right device. Real files are
 validated before use (IDX header and sha256 for MNIST; keys, shapes, finiteness and range for the
 .mat files), because no checksums are published for FACES and CURVES and a silently wrong file
 would only show up as a strange loss curve. Every failure is a `DataError` whose message names the
 file, what was expected, what was wrong and where to get the file. Downloads happen only when
 asked for (`download=True`); the machines here have no internet.
 
-The generators `curves_synth` and `faces_synth` (see `benchmarks.synth`) stand in for CURVES and
-FACES when the real files are absent.
+The generators of `benchmarks.synth` stand in for CURVES and FACES when the real files are absent.
 """
 from __future__ import annotations
 
@@ -19,28 +19,13 @@ import shutil
 import struct
 import tempfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-
-DATASETS = ("mnist", "faces", "curves", "curves_synth", "faces_synth")
 
 
 class DataError(RuntimeError):
     """A dataset file is missing, corrupt, or could not be downloaded."""
-
-
-@dataclass
-class Dataset:
-    """Train and test rows of one dataset, with what the model and the figures need to know."""
-
-    name: str
-    train: torch.Tensor  # (n_train, dim) float32
-    test: torch.Tensor  # (n_test, dim) float32
-    loss_kind: str  # 'bernoulli' (values in [0,1]) or 'gaussian' (FACES)
-    image_shape: tuple[int, int]  # for reconstruction grids
 
 
 # ----------------------------------------------------------------------------- locations
@@ -54,12 +39,7 @@ def shared_dir() -> Path:
 
 
 def default_root(name: str) -> Path:
-    """Where a dataset is looked for when no root is given: shared/data/<name> if present, else ./data/<name>.
-
-    faces_synth reads the Olivetti faces from shared/data/olivetti/.
-    """
-    if name == "faces_synth":
-        return shared_dir() / "data" / "olivetti"
+    """Where a dataset is looked for when no root is given: shared/data/<name> if present, else ./data/<name>."""
     shared = shared_dir() / "data" / name
     return shared if shared.is_dir() else Path("data") / name
 
@@ -71,7 +51,7 @@ IDX_IMAGES_MAGIC = 2051
 # Image files per split: (file name, number of images). Only the images are needed.
 MNIST_IMAGE_FILES = {"train": ("train-images-idx3-ubyte", 60_000), "test": ("t10k-images-idx3-ubyte", 10_000)}
 MNIST_IMAGE_SIZE = (28, 28)
-# sha256 of the UNCOMPRESSED files (the originals; /work/shared/data/mnist/SHA256SUMS).
+# sha256 of the UNCOMPRESSED original files.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -163,6 +143,7 @@ FACES_FILE = "newfaces_rot_single.mat"
 FACES_URL = MAT_BASE_URL + FACES_FILE
 FACES_KEY = "newfaces_single"
 FACES_SHAPE = (625, 165_600)  # columns are 25x25 images: 400 faces x 414 variants
+FACES_SIDE = 25
 FACES_N_TRAIN = 103_500  # first columns: 25 people
 FACES_N_TEST = 41_400  # last columns: 10 people (the 20,700 in between are the 5 validation people)
 
@@ -252,12 +233,20 @@ def _mat_path(root: Path, file: str, url: str, download: bool) -> Path:
 
 
 def load_faces(root: str | Path, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """FACES train (first columns) and test (last columns) as float32 rows (n, 625)."""
+    """FACES train (first columns) and test (last columns) as float32 rows (n, 625).
+
+    The file was written by MATLAB, which stores each 25x25 image column by column; the rows
+    returned are row-major images, like every other data set's, so nothing downstream (figures)
+    needs to know. A fully connected autoencoder is indifferent to the pixel order.
+    """
     path = _mat_path(Path(root), FACES_FILE, FACES_URL, download)
     array = load_mat_array(path, FACES_KEY, FACES_SHAPE, FACES_URL)
-    train = np.ascontiguousarray(array[:, :FACES_N_TRAIN].T, dtype=np.float32)
-    test = np.ascontiguousarray(array[:, array.shape[1] - FACES_N_TEST:].T, dtype=np.float32)
-    return train, test
+
+    def rows(columns: np.ndarray) -> np.ndarray:
+        images = columns.T.reshape(-1, FACES_SIDE, FACES_SIDE).transpose(0, 2, 1)
+        return np.ascontiguousarray(images.reshape(images.shape[0], -1), dtype=np.float32)
+
+    return rows(array[:, :FACES_N_TRAIN]), rows(array[:, array.shape[1] - FACES_N_TEST:])
 
 
 def load_curves(root: str | Path, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -267,58 +256,3 @@ def load_curves(root: str | Path, download: bool = False) -> tuple[np.ndarray, n
     arrays = [load_mat_array(path, key, shape, CURVES_URL, value_range=(0.0, 1.0), data=data)
               for key, shape in ((CURVES_TRAIN_KEY, CURVES_TRAIN_SHAPE), (CURVES_TEST_KEY, CURVES_TEST_SHAPE))]
     return tuple(np.ascontiguousarray(a, dtype=np.float32) for a in arrays)
-
-
-# ----------------------------------------------------------------------------- entry point
-
-# Generator sizes for a CPU demo; n_train/n_test override them.
-SYNTH_DEFAULT_SIZES = {"curves_synth": (10_000, 2_000), "faces_synth": (6_000, 2_000)}
-
-
-def _truncate(array, n: int | None, name: str, split: str):
-    if n is None:
-        return array
-    if n < 0 or n > array.shape[0]:
-        raise ValueError(f"{name}: n_{split}={n} is outside [0, {array.shape[0]}] (the {split} set's size)")
-    return array[:n]
-
-
-def load_dataset(name: str, root: str | None = None, download: bool = False, device="cpu",
-                 seed: int = 0, n_train: int | None = None, n_test: int | None = None) -> Dataset:
-    """Load a benchmark dataset by name as float32 rows on `device`.
-
-    `root` is the folder holding the files (for faces_synth: olivettifaces.mat); by default the
-    shared copy when present, else ./data/<name>. `n_train`/`n_test` truncate the real datasets
-    (after validating the full files) or size the generators; `seed` only affects the generators.
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    root_path = Path(root) if root is not None else default_root(name)
-    if name in SYNTH_DEFAULT_SIZES:
-        from benchmarks import synth  # lazy: synth imports DataError from here
-
-        default_train, default_test = SYNTH_DEFAULT_SIZES[name]
-        n_train = default_train if n_train is None else n_train
-        n_test = default_test if n_test is None else n_test
-        if name == "curves_synth":
-            train = synth.curves_synth(n_train, synth.stream_seed(seed, 0))
-            test = synth.curves_synth(n_test, synth.stream_seed(seed, 1))
-            loss_kind, image_shape = "bernoulli", (28, 28)
-        else:
-            train, test = synth.faces_synth(n_train, n_test, seed, root_path / synth.OLIVETTI_FILE)
-            loss_kind, image_shape = "gaussian", (25, 25)
-    else:
-        if name == "mnist":
-            train_u8, test_u8 = load_mnist(root_path, download)
-            train_u8, test_u8 = _truncate(train_u8, n_train, name, "train"), _truncate(test_u8, n_test, name, "test")
-            train = torch.from_numpy(train_u8.astype(np.float32) / 255.0)
-            test = torch.from_numpy(test_u8.astype(np.float32) / 255.0)
-            loss_kind, image_shape = "bernoulli", (28, 28)
-        else:
-            loader = load_faces if name == "faces" else load_curves
-            train_np, test_np = loader(root_path, download)
-            train = torch.from_numpy(_truncate(train_np, n_train, name, "train"))
-            test = torch.from_numpy(_truncate(test_np, n_test, name, "test"))
-            loss_kind, image_shape = ("gaussian", (25, 25)) if name == "faces" else ("bernoulli", (28, 28))
-    return Dataset(name=name, train=train.to(device), test=test.to(device),
-                   loss_kind=loss_kind, image_shape=image_shape)

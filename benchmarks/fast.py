@@ -1,6 +1,6 @@
 """Fast paths for a training step: `torch.compile` and whole-step CUDA-graph capture.
 
-Both wrap the `step(x) -> loss` of `baselines.factory.make_step`, so they apply to every
+Both wrap the `step(x) -> loss` of `benchmarks.optimizers.make_step`, so they apply to every
 optimizer family, and both are opt-in (`compile=true`, `cuda_graph=true`); tests check that
 they give the eager step's numbers.
 
@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from locoprop import AdagradTF1, RMSpropTF1
+
 Step = Callable[[Tensor], Tensor]
 
 
@@ -30,12 +32,10 @@ def compiled_step(step: Step) -> Step:
 
 def graph_safe(optimizer: torch.optim.Optimizer) -> bool:
     """Whether a captured step of this optimizer replays exactly (see the module docstring)."""
-    from baselines.adagrad_tf1 import AdagradTF1
-    from baselines.rmsprop_tf1 import RMSpropTF1
-
     if getattr(optimizer, "model_aware", False):
-        inner = getattr(optimizer, "inner_optimizer", None)  # LocoProp
-        return inner is not None and issubclass(inner, (torch.optim.SGD, RMSpropTF1, AdagradTF1))
+        inner = getattr(optimizer, "inner_optimizer", None)  # LocoProp: a class or a partial of one
+        inner = getattr(inner, "func", inner)
+        return isinstance(inner, type) and issubclass(inner, (torch.optim.SGD, RMSpropTF1, AdagradTF1))
     if isinstance(optimizer, (torch.optim.SGD, RMSpropTF1, AdagradTF1)):
         return True
     return all("capturable" in group for group in optimizer.param_groups)

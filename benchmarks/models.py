@@ -2,7 +2,7 @@
 
 An `Autoencoder` is an `nn.Sequential` of `nn.Linear` layers and activation modules, so any
 optimizer that understands such a chain (LocoProp, K-FAC) works on it unchanged; it adds the
-benchmark's loss conventions (see `locoprop.losses`).
+benchmark's loss conventions (see `locoprop.losses`); the layer sizes come from `benchmarks.workloads`.
 """
 from __future__ import annotations
 
@@ -11,17 +11,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from benchmarks.workloads import get_workload
 from locoprop.losses import OUTPUT_TRANSFER, bernoulli_nll, gaussian_nll, squared_error
-from locoprop.transfer import canonical_transfer
+from locoprop.transfer import get_transfer
 
-# Layer sizes, input to output (REFERENCE.md section 2).
-ARCHITECTURES = {
-    "mnist": [784, 1000, 500, 250, 30, 250, 500, 1000, 784],
-    "faces": [625, 2000, 1000, 500, 30, 500, 1000, 2000, 625],
-    "curves": [784, 400, 200, 100, 50, 25, 6, 25, 50, 100, 200, 400, 784],
-}
-
-_ACTIVATION_MODULES = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+HIDDEN_ACTIVATIONS = ("tanh", "sigmoid", "relu")
 
 
 def scale_sizes(sizes: list[int], width_multiplier: int = 1, depth_multiplier: int = 1) -> list[int]:
@@ -68,9 +62,9 @@ class Autoencoder(nn.Sequential):
 
     def __init__(self, sizes: list[int], activation: str = "tanh", loss_kind: str = "bernoulli",
                  init: str = "glorot_uniform"):
-        activation = canonical_transfer(activation)
-        if activation not in _ACTIVATION_MODULES:
-            raise ValueError(f"hidden activation must be one of {', '.join(_ACTIVATION_MODULES)}, got {activation!r}")
+        hidden = get_transfer(activation)
+        if hidden.name not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"hidden activation must be one of {', '.join(HIDDEN_ACTIVATIONS)}, got {activation!r}")
         if loss_kind not in OUTPUT_TRANSFER:
             raise ValueError(f"unknown loss_kind {loss_kind!r}; choose one of {', '.join(OUTPUT_TRANSFER)}")
         code_index = (len(sizes) - 1) // 2 - 1  # the bottleneck layer's index among the Linear layers
@@ -82,10 +76,10 @@ class Autoencoder(nn.Sequential):
                 if loss_kind == "bernoulli":
                     modules.append(nn.Sigmoid())
             elif i != code_index:
-                modules.append(_ACTIVATION_MODULES[activation]())
+                modules.append(hidden.module())
         super().__init__(*modules)
         self.sizes = list(sizes)
-        self.activation = activation
+        self.activation = hidden.name
         self.loss_kind = loss_kind
         if init == "glorot_uniform":
             for m in self.linears():
@@ -139,12 +133,10 @@ class Autoencoder(nn.Sequential):
 def build_autoencoder(dataset: str | None = None, sizes: list[int] | None = None, activation: str = "tanh",
                       loss_kind: str | None = None, width_multiplier: int = 1, depth_multiplier: int = 1,
                       init: str = "glorot_uniform") -> Autoencoder:
-    """Build a benchmark autoencoder by dataset name (mnist/faces/curves) or explicit sizes."""
+    """Build a benchmark autoencoder by workload name (its architecture and loss) or explicit sizes."""
     if sizes is None:
-        if dataset not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {dataset!r}; choose one of {', '.join(ARCHITECTURES)} or give sizes")
-        sizes = ARCHITECTURES[dataset]
-        if loss_kind is None:
-            loss_kind = "gaussian" if dataset == "faces" else "bernoulli"
+        workload = get_workload(dataset)
+        sizes = list(workload.sizes)
+        loss_kind = loss_kind or workload.loss_kind
     sizes = scale_sizes(list(sizes), width_multiplier, depth_multiplier)
     return Autoencoder(sizes, activation=activation, loss_kind=loss_kind or "bernoulli", init=init)

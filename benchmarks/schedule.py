@@ -11,6 +11,8 @@ momentum buffer and visibly raises the loss.
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 
 SCHEDULES = ("official", "constant", "cosine")
 
@@ -46,3 +48,31 @@ def epochs_to_train(epochs: int, skip_final_epoch: bool, stop_epoch: int | None 
             raise ValueError(f"stop_epoch must be >= 0, got {stop_epoch}")
         n = min(n, stop_epoch)
     return n
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A run's learning-rate schedule: the multiplier of each epoch and how many epochs train."""
+
+    name: str
+    epochs: int
+    warmup_epochs: int = 0
+    skip_final_epoch: bool = False
+
+    @classmethod
+    def from_config(cls, cfg, epochs: int) -> "Schedule":
+        """The configured schedule, or a constant one (with a warning) for runs too short for it."""
+        if short_run(cfg.name, epochs, cfg.warmup_epochs):
+            warnings.warn(f"epochs={epochs} is too short for the {cfg.name} schedule with {cfg.warmup_epochs} "
+                          "warm-up epochs: using a constant learning rate for this run")
+            return cls("constant", epochs)
+        schedule = cls(cfg.name, epochs, int(cfg.warmup_epochs), bool(cfg.skip_final_epoch))
+        schedule.factor(0)  # validates the name and the warm-up length
+        return schedule
+
+    def factor(self, epoch: int) -> float:
+        """The multiplier of the base learning rate for 0-based epoch index `epoch`."""
+        return lr_factor(self.name, epoch, self.epochs, self.warmup_epochs)
+
+    def trained_epochs(self, stop_epoch: int | None = None) -> int:
+        return epochs_to_train(self.epochs, self.skip_final_epoch, stop_epoch)

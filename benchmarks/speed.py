@@ -4,33 +4,42 @@ For each architecture and optimizer: a fresh model and optimizer built from the 
 configs, `warmup` untimed steps, then `steps` timed steps on random data of the dataset's kind,
 the device synchronised after every step. Second-order methods refresh their preconditioners
 every 10 steps, so `steps` (when >= 10) is rounded up to a multiple of 10 and the reported
-`ms_per_step` is the amortised mean over whole periods (the median is reported beside it). FLOPs per step are
-counted at the dispatcher (matmuls only; eigendecompositions are not counted), and
+`ms_per_step` is the amortised mean over whole periods (the median is reported beside it). FLOPs per
+step are counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls; the in-place and
+matrix-vector forms LocoProp uses are added to its table; eigendecompositions are not counted), and
 the achieved GFLOP/s is compared with this device's measured float32 matmul rate. Every ratio is
 to the BP+SGD and BP+RMSProp steps measured in the same process.
 
-Output: a table on the terminal and `results/bench/<device>.json` and `.md`.
+Ratios measured on a busy machine are meaningless: the load average is recorded before and after,
+and a warning is printed when it exceeds the number of cores.
+
+Output: a table on the terminal and `results/bench/<device>.json` and `.md`; an existing table of
+the same device is kept and the new one written beside it (`--replace` overwrites it).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import time
+import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.factory import make_optimizer, make_step
 from benchmarks.config import compose_config
-from benchmarks.models import ARCHITECTURES, build_autoencoder
-from benchmarks.tracking import atomic_write_json, atomic_write_text
+from benchmarks.models import build_autoencoder
+from benchmarks.optimizers import make_optimizer, make_step, optimizer_names
+from benchmarks.rundir import atomic_write_json, atomic_write_text, load_average
+from benchmarks.workloads import WORKLOADS
 
-ALL_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "rmsprop_tf1", "adagrad_tf1",
-                  "adam_tf1", "shampoo", "kfac", "locoprop_s", "locoprop_m")
+ARCHITECTURES = tuple(name for name, w in WORKLOADS.items() if w.real is None)  # mnist, faces, curves
 RESULT_KEYS = ("dataset", "optimizer", "batch_size", "width_multiplier", "depth_multiplier", "n_params",
                "ms_per_step", "median_ms", "gflop_per_step", "gflops_achieved", "fraction_of_peak",
                "peak_memory_mb", "ratio_to_sgd", "ratio_to_rmsprop", "status")
@@ -68,34 +77,26 @@ def _data(loss_kind: str, n: int, dim: int, device: torch.device, gen: torch.Gen
     return torch.randn(n, dim, generator=gen, device=device)
 
 
-_MATMULS = {"mm": (0, 1), "addmm": (1, 2), "bmm": (0, 1), "baddbmm": (1, 2), "mv": (0, 1), "addmv": (1, 2)}
+def _matmul_flops(out: int, inner: int, cols: int = 1, batch: int = 1) -> int:
+    return 2 * batch * out * inner * cols
+
+
+# Forms the FlopCounterMode table lacks: in-place addmm and the matrix-vector products (LocoProp
+# writes its inner gradients with w.grad.addmm_ and b.grad.addmv_). Arguments arrive as shapes.
+EXTRA_FLOP_FORMULAS = {
+    torch.ops.aten.addmm_: lambda self, a, b, *args, **kwargs: _matmul_flops(a[0], a[1], b[1]),
+    torch.ops.aten.mv: lambda a, v, *args, **kwargs: _matmul_flops(a[0], a[1]),
+    torch.ops.aten.addmv: lambda self, a, v, *args, **kwargs: _matmul_flops(a[0], a[1]),
+    torch.ops.aten.addmv_: lambda self, a, v, *args, **kwargs: _matmul_flops(a[0], a[1]),
+}
 
 
 def count_flops(step, x: torch.Tensor) -> float:
-    """Matmul FLOPs (2 per multiply-add) of one step, in every variant (in-place, out=, batched).
-
-    `torch.utils.flop_counter` misses the in-place and out= forms LocoProp uses, so this counts
-    at the dispatcher; decompositions (eigh, Cholesky) are not counted.
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    total = [0.0]
-
-    class MatmulFlops(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__.rstrip("_")
-            if name in _MATMULS:
-                i, j = _MATMULS[name]
-                a, b = args[i], args[j]
-                batch = a.shape[0] if a.dim() == 3 else 1
-                m, k = a.shape[-2:]
-                n = b.shape[-1] if b.dim() >= 2 else 1
-                total[0] += 2.0 * batch * m * k * n
-            return func(*args, **(kwargs or {}))
-
-    with MatmulFlops():
+    """Matmul FLOPs (2 per multiply-add) of one step; decompositions (eigh, Cholesky) are not counted."""
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
+    with counter:
         step(x)
-    return total[0]
+    return float(counter.get_total_flops())
 
 
 def measure(dataset: str, optimizer: str, device: torch.device, batch_size: int = 1000, steps: int = 20,
@@ -210,10 +211,20 @@ def scaling_plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def busy_note(load: dict[str, Any]) -> str | None:
+    """A warning when the 1-minute load average exceeded the core count before or during the bench."""
+    values = [v[0] for v in (load["before"], load["after"]) if v]
+    cores = load["cpu_count"] or 1
+    if values and max(values) > cores:
+        return (f"WARNING: the machine was busy (load average {max(values):.2f} > {cores} cores): these times and "
+                "ratios are inflated and not comparable; re-run `make bench` on a quiet machine")
+    return None
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
-    parser.add_argument("--optimizers", nargs="+", default=list(ALL_OPTIMIZERS))
+    parser.add_argument("--optimizers", nargs="+", default=optimizer_names())
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (rounded up to a multiple of 10); "
                         "default 50 on GPU, 10 on CPU")
@@ -222,14 +233,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--scaling", action="store_true", help="also sweep width/depth multipliers 1,2,4 and batch "
                         "sizes 250,1000,4000 (MNIST), with a plot of ms/step against parameter count")
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--replace", action="store_true", help="overwrite this device's existing table "
+                        "(default: write the new one beside it, with a time stamp)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     steps = args.steps or (50 if device.type == "cuda" else 10)
-    unknown = set(args.optimizers) - set(ALL_OPTIMIZERS)
+    unknown = set(args.optimizers) - set(optimizer_names())
     if unknown:
-        raise SystemExit(f"unknown optimizer(s) {sorted(unknown)}; choose from {', '.join(ALL_OPTIMIZERS)}")
+        raise SystemExit(f"unknown optimizer(s) {sorted(unknown)}; choose from {', '.join(optimizer_names())}")
     name = device_name(device)
+    load_before = load_average()
     peak, rows = run_bench(args.datasets, args.optimizers, device, tuple(args.batch_sizes), steps=steps,
                            warmup=args.warmup)
     if args.scaling:
@@ -238,12 +252,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows += run_bench(["mnist"], args.optimizers, device, steps=steps, warmup=args.warmup, **multipliers)[1]
         rows += run_bench(["mnist"], args.optimizers, device, batch_sizes=(250, 4000), steps=steps,
                           warmup=args.warmup)[1]
+    load = {"before": load_before, "after": load_average(), "cpu_count": os.cpu_count()}
+    busy = busy_note(load)
     out = Path(args.out)
     stem = name.replace(" ", "_").replace("/", "_")
-    table = markdown_table(rows, name, peak)
+    if (out / f"{stem}.json").exists() and not args.replace:
+        stem += "_" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    table = markdown_table(rows, name, peak) + (f"\n{busy}\n" if busy else "")
     print("\n" + table)
+    if busy:
+        warnings.warn(busy)
     atomic_write_json(out / f"{stem}.json", {"device": name, "matmul_peak_gflops": peak, "torch": torch.__version__,
-                                             "steps": steps, "warmup": args.warmup, "rows": rows})
+                                             "steps": steps, "warmup": args.warmup, "load_average": load,
+                                             "busy": bool(busy), "rows": rows})
     atomic_write_text(out / f"{stem}.md", table)
     written = [out / f"{stem}.json", out / f"{stem}.md"]
     if args.scaling:

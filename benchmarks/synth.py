@@ -1,6 +1,6 @@
 """Offline generators that stand in for CURVES and FACES when the real .mat files are absent.
 
-Both follow the published recipes (REFERENCE.md section 3) closely enough to exercise the same
+Both follow the published recipes (docs/method.md, "Data") closely enough to exercise the same
 autoencoders on data of the same kind, but they are NOT the original data sets: losses on them
 are not comparable with the papers' numbers. Each is deterministic given its seed and draws from
 an explicitly seeded torch.Generator, never from the global RNG.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.data import DataError, load_mat_array
+from benchmarks.data import DataError, default_root, load_mat_array
 
 CURVES_SIZE = 28
 OLIVETTI_FILE = "olivettifaces.mat"
@@ -143,8 +143,7 @@ def faces_synth(n_train: int, n_test: int, seed: int, olivetti_path: str | Path 
     if n_train < 0 or n_test < 0:
         raise ValueError(f"sizes must be >= 0, got n_train={n_train}, n_test={n_test}")
     if olivetti_path is None:
-        from benchmarks.data import default_root
-        olivetti_path = default_root("faces_synth") / OLIVETTI_FILE
+        olivetti_path = default_root("olivetti") / OLIVETTI_FILE
     faces = load_olivetti(olivetti_path)
     train_people, test_people = split_people(seed)
     train, train_person = _transform(faces, train_people, n_train, _generator(stream_seed(seed, 0)))

@@ -9,56 +9,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import netrc
 import os
 import socket
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from benchmarks.rundir import json_safe
+
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se",
                   "wallclock_s", "epoch_time_s", "step_ms"]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and rename, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n")
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def metrics_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -157,7 +119,7 @@ class WandbLogger:
         if self.run is None:
             return
         try:
-            self.run.summary.update(_json_safe(dict(summary)))
+            self.run.summary.update(json_safe(dict(summary)))
             self.run.finish()
         except Exception as err:  # noqa: BLE001
             warnings.warn(f"W&B finish failed ({err})")

@@ -13,35 +13,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .transfer import apply_transfer
-
-_TRANSFER_MODULES = {
-    nn.Identity: "identity",
-    nn.Tanh: "tanh",
-    nn.Sigmoid: "sigmoid",
-    nn.ReLU: "relu",
-    nn.Softmax: "softmax",
-}
+from .transfer import TRANSFERS, Transfer, transfer_of_module
 
 
 @dataclass(frozen=True)
 class ChainLayer:
-    """One linear layer and the transfer function applied to its output."""
+    """One linear layer and the transfer function applied to its output.
+
+    Second-order methods (K-FAC, FOOF) treat the weight and the bias as one matrix
+    Wbar = [W, b] acting on xbar = [x, 1]; the helpers below build those and apply a step to them.
+    """
 
     linear: nn.Linear
-    transfer: str
+    transfer: Transfer
 
+    def xbar(self, x: Tensor) -> Tensor:
+        """[x, 1] (the homogeneous coordinate that folds the bias in), or x for a bias-free layer."""
+        return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1) if self.linear.bias is not None else x
 
-def _transfer_name(module: nn.Module) -> str:
-    for cls, name in _TRANSFER_MODULES.items():
-        if type(module) is cls:
-            if cls is nn.Softmax and module.dim not in (-1, 1, None):
-                raise ValueError(f"softmax over dim={module.dim} is not supported; use dim=-1")
-            return name
-    raise ValueError(
-        f"cannot use layer {module!r}: expected nn.Linear followed by one of "
-        f"{', '.join(c.__name__ for c in _TRANSFER_MODULES)}"
-    )
+    def wbar(self) -> Tensor:
+        """[W, b] (detached), or W for a bias-free layer."""
+        w = self.linear.weight.detach()
+        return torch.cat([w, self.linear.bias.detach()[:, None]], dim=1) if self.linear.bias is not None else w
+
+    @torch.no_grad()
+    def add_(self, delta: Tensor, alpha: float = 1.0) -> None:
+        """W, b += alpha * delta, with delta laid out as Wbar."""
+        if self.linear.bias is not None:
+            self.linear.weight.add_(delta[:, :-1], alpha=alpha)
+            self.linear.bias.add_(delta[:, -1], alpha=alpha)
+        else:
+            self.linear.weight.add_(delta, alpha=alpha)
 
 
 def linear_chain(model: nn.Module) -> list[ChainLayer]:
@@ -60,9 +62,9 @@ def linear_chain(model: nn.Module) -> list[ChainLayer]:
         module = modules[i]
         if not isinstance(module, nn.Linear):
             raise ValueError(f"module {i} ({module!r}) must be an nn.Linear: activations must follow a Linear layer")
-        transfer = "identity"
+        transfer = TRANSFERS["identity"]
         if i + 1 < len(modules) and not isinstance(modules[i + 1], nn.Linear):
-            transfer = _transfer_name(modules[i + 1])
+            transfer = transfer_of_module(modules[i + 1])
             i += 1
         layers.append(ChainLayer(module, transfer))
         i += 1
@@ -78,7 +80,7 @@ class ForwardRecord:
     inputs: list[Tensor]
     pre: list[Tensor]
     post: list[Tensor]
-    transfers: list[str]
+    transfers: list[Transfer]
 
     @property
     def logits(self) -> Tensor:
@@ -103,7 +105,7 @@ def forward_record(layers: list[ChainLayer], x: Tensor, grad_pre: bool = False) 
             a = F.linear(h, lin.weight.detach(), bias)
             if grad_pre and not a.requires_grad:
                 a.requires_grad_(True)
-            y = apply_transfer(layer.transfer, a)
+            y = layer.transfer.f(a)
             inputs.append(h)
             pre.append(a)
             post.append(y)

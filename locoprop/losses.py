@@ -1,6 +1,6 @@
-"""Output losses of the benchmark, stated once for the harness, LocoProp and K-FAC.
+"""Output losses of the benchmark, stated once for the harness, LocoProp, K-FAC, FOOF and DTP.
 
-Conventions (REFERENCE.md section 2):
+Conventions (docs/method.md):
 - 'bernoulli': sigmoid outputs, cross-entropy SUMMED over pixels and AVERAGED over examples
   (the LocoProp notebook's training loss), computed stably from the logits.
 - 'gaussian': linear outputs, 0.5 * squared error summed over pixels, averaged over examples

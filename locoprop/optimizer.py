@@ -1,6 +1,6 @@
 """LocoProp (Amid, Anil, Warmuth, AISTATS 2022) as a model-aware `torch.optim.Optimizer`.
 
-One outer step on a mini-batch (REFERENCE.md section 1):
+One outer step on a mini-batch (docs/method.md):
 
 1. one forward pass records every layer's input x_l, pre-activation a_l and output f_l(a_l);
 2. one backward pass, through the pre-activations only, gives g_l = dL/da_l of the global
@@ -23,33 +23,20 @@ gradient, so no forward matmul is spent on it.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from baselines.rmsprop_tf1 import RMSpropTF1
-
 from .chain import ChainLayer, forward_record, linear_chain
 from .losses import OUTPUT_TRANSFER, resolve_loss
-from .transfer import apply_transfer
+from .rmsprop_tf1 import RMSpropTF1
 
-# The official notebook's inner optimizer settings (RMSProp in TF1 semantics).
-DEFAULT_RMSPROP_TF1 = dict(momentum=0.999, decay=0.9, eps=1e-5)
-
-
-def _transfer_(name: str, a: Tensor) -> Tensor:
-    """f(a) computed in place (a is a scratch buffer)."""
-    if name == "tanh":
-        return a.tanh_()
-    if name == "sigmoid":
-        return a.sigmoid_()
-    if name == "relu":
-        return a.relu_()
-    if name == "softmax":
-        return torch.softmax(a, dim=-1, out=a)
-    return a  # identity
+# The official notebook's inner optimizer: RMSProp in TF1 semantics with these settings.
+OFFICIAL_INNER_OPTIMIZER = functools.partial(RMSpropTF1, momentum=0.999, decay=0.9, eps=1e-5)
+InnerOptimizer = Callable[..., Optimizer]  # (params, lr=...) -> Optimizer
 
 
 class LocoProp(Optimizer):
@@ -76,20 +63,20 @@ class LocoProp(Optimizer):
         loss: 'bernoulli' (needs a sigmoid output), 'gaussian' (needs a linear output) or a
             callable (last pre-activation, targets) -> scalar, e.g. a sum over features
             averaged over the batch.
-        inner_optimizer: any `torch.optim.Optimizer` class, constructed as
-            `inner_optimizer(params, lr=lr, **inner_kwargs)`.
-        inner_kwargs: its settings; default the official RMSProp ones for `RMSpropTF1`.
+        inner_optimizer: a factory `(params, lr=...) -> torch.optim.Optimizer`, e.g. an optimizer
+            class or a `functools.partial` of one with its settings; default the official
+            RMSProp in TF1 semantics (momentum 0.999, decay 0.9, eps 1e-5).
         eta: proximal coefficient (adds `(W - W_t)/eta` to the inner gradient); None = none.
         reduction: 'sum' (official) or 'mean': the data term of the inner gradient divided by
             the batch size (the proximal term is not).
         min_inner_lr_factor: floor of the inner learning-rate decay (0.25 officially).
         reset_inner_state: re-create the inner optimizers at every outer step.
-        parallel: True runs all layers' inner step k together with ONE inner optimizer over
+        fused: True runs all layers' inner step k together with ONE inner optimizer over
             every layer's parameters (one multi-tensor update per inner step). For element-wise
             inner optimizers this is exactly the per-layer method: the state is per parameter
             and the inner lr is the same for every layer at step k. False is the plain
             reference loop: layer after layer, each with its own inner optimizer, every
-            forward computed (also the one at k = 0).
+            forward computed (also the one at k = 0). (Neither runs layers concurrently.)
     """
 
     model_aware = True
@@ -101,9 +88,9 @@ class LocoProp(Optimizer):
 
     def __init__(self, model: nn.Sequential, lr: float = 1e-5, gamma: float = 10.0, inner_steps: int = 10,
                  variant: str = "M", loss: str | Callable[[Tensor, Tensor], Tensor] = "bernoulli",
-                 inner_optimizer: type[Optimizer] = RMSpropTF1, inner_kwargs: dict | None = None,
-                 eta: float | None = None, reduction: str = "sum", min_inner_lr_factor: float = 0.25,
-                 reset_inner_state: bool = False, parallel: bool = True):
+                 inner_optimizer: InnerOptimizer = OFFICIAL_INNER_OPTIMIZER, eta: float | None = None,
+                 reduction: str = "sum", min_inner_lr_factor: float = 0.25, reset_inner_state: bool = False,
+                 fused: bool = True):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
         if not gamma >= 0.0:
@@ -125,21 +112,20 @@ class LocoProp(Optimizer):
             expected = OUTPUT_TRANSFER.get(loss)
             if expected is None:
                 resolve_loss(loss)  # raises the ValueError naming the choices
-            if self.layers[-1].transfer != expected:
+            if self.layers[-1].transfer.name != expected:
                 raise ValueError(f"loss {loss!r} needs a {expected} output layer, but the model's last "
-                                 f"transfer function is {self.layers[-1].transfer}")
+                                 f"transfer function is {self.layers[-1].transfer.name}")
         self.loss_fn = resolve_loss(loss)
         self.model = model
         self.variant = variant
         self.reduction = reduction
-        self.parallel = parallel
+        self.fused = fused
         self.reset_inner_state = reset_inner_state
+        if not callable(inner_optimizer):
+            raise ValueError(f"inner_optimizer must be an optimizer class or factory, got {inner_optimizer!r}")
+        if "lr" in getattr(inner_optimizer, "keywords", {}):
+            raise ValueError("inner_optimizer must not set lr: the inner lr is lr * max(1 - k/T, min_inner_lr_factor)")
         self.inner_optimizer = inner_optimizer
-        if inner_kwargs is None:
-            inner_kwargs = dict(DEFAULT_RMSPROP_TF1) if inner_optimizer is RMSpropTF1 else {}
-        if "lr" in inner_kwargs:
-            raise ValueError("inner_kwargs must not set lr: the inner lr is lr * max(1 - k/T, min_inner_lr_factor)")
-        self.inner_kwargs = dict(inner_kwargs)
 
         # Per layer: its parameters (weight first, then the bias if any).
         self._layer_params = [[p for p in (l.linear.weight, l.linear.bias) if p is not None] for l in self.layers]
@@ -155,9 +141,9 @@ class LocoProp(Optimizer):
     # ---------------------------------------------------------------- inner optimizers
     def _make_inner(self) -> list[Optimizer]:
         lr = self.param_groups[0]["lr"]
-        if self.parallel:
-            return [self.inner_optimizer([p for ps in self._layer_params for p in ps], lr=lr, **self.inner_kwargs)]
-        return [self.inner_optimizer(ps, lr=lr, **self.inner_kwargs) for ps in self._layer_params]
+        if self.fused:
+            return [self.inner_optimizer([p for ps in self._layer_params for p in ps], lr=lr)]
+        return [self.inner_optimizer(ps, lr=lr) for ps in self._layer_params]
 
     def _inner_lr(self, k: int) -> float:
         group = self.param_groups[0]
@@ -193,13 +179,13 @@ class LocoProp(Optimizer):
             if anchors is None:
                 anchors = self._anchors = [torch.empty_like(p) for p in group["params"]]
             torch._foreach_copy_(anchors, group["params"])
-        if self.parallel:
-            self._step_parallel(record, grads, anchors)
+        if self.fused:
+            self._step_fused(record, grads, anchors)
         else:
             self._step_per_layer(record, grads, anchors)
         return loss.detach()
 
-    def _step_parallel(self, record, grads: list[Tensor], anchors: list[Tensor] | None) -> None:
+    def _step_fused(self, record, grads: list[Tensor], anchors: list[Tensor] | None) -> None:
         """All layers advance inner step k together; one inner optimizer updates them all."""
         group = self.param_groups[0]
         gamma, T, eta = group["gamma"], group["inner_steps"], group["eta"]
@@ -225,23 +211,23 @@ class LocoProp(Optimizer):
         # tanh(a) = 2 sigmoid(2a) - 1: torch's CPU tanh is ~10x slower than its sigmoid, and this
         # form costs no extra pass: the 2a folds into addmm and the "2 s - 1 - ŷ" into one add
         # against the stored -(1 + ŷ).
-        via_sigmoid = [self.variant == "M" and layer.transfer == "tanh" for layer in self.layers]
-        for t, flag in zip(targets, via_sigmoid):
-            if flag:
+        via_sigmoid = [self.variant == "M" and layer.transfer.name == "tanh" for layer in self.layers]
+        for t, tanh_as_sigmoid in zip(targets, via_sigmoid):
+            if tanh_as_sigmoid:
                 t.add_(1.0).neg_()
         for k in range(1, T):
-            for layer, x, t, buf, flag in zip(self.layers, record.inputs, targets, buffers, via_sigmoid):
+            for layer, x, t, buf, tanh_as_sigmoid in zip(self.layers, record.inputs, targets, buffers, via_sigmoid):
                 w, b = layer.linear.weight, layer.linear.bias
-                two = 2.0 if flag else 1.0
+                pre_scale = 2.0 if tanh_as_sigmoid else 1.0  # the sigmoid form needs 2a
                 if b is None:
-                    buf.addmm_(x, w.T, beta=0.0, alpha=two)
+                    buf.addmm_(x, w.T, beta=0.0, alpha=pre_scale)
                 else:
-                    torch.addmm(b, x, w.T, beta=two, alpha=two, out=buf)
-                if flag:
+                    torch.addmm(b, x, w.T, beta=pre_scale, alpha=pre_scale, out=buf)
+                if tanh_as_sigmoid:
                     delta = torch.add(t, buf.sigmoid_(), alpha=2.0, out=buf)
                 else:
                     if self.variant == "M":
-                        _transfer_(layer.transfer, buf)
+                        layer.transfer.f_(buf)
                     delta = buf.sub_(t)
                 w.grad.addmm_(delta.T, x, beta=0.0, alpha=scale)
                 if b is not None:
@@ -265,7 +251,7 @@ class LocoProp(Optimizer):
             layer_anchors = [next(anchor_iter) for _ in ps] if anchor_iter is not None else None
             for k in range(T):
                 pre = x @ w.T if b is None else x @ w.T + b
-                delta = (pre if self.variant == "S" else apply_transfer(layer.transfer, pre)) - target
+                delta = (pre if self.variant == "S" else layer.transfer.f(pre)) - target
                 w.grad.copy_(delta.T @ x * scale)
                 if b is not None:
                     b.grad.copy_(delta.sum(0) * scale)
@@ -287,9 +273,9 @@ class LocoProp(Optimizer):
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        """The outer state plus the inner optimizers' state (always in the parallel layout).
+        """The outer state plus the inner optimizers' state (always in the fused layout).
 
-        Saving in one layout makes checkpoints independent of `parallel`: per-layer inner
+        Saving in one layout makes checkpoints independent of `fused`: per-layer inner
         states are merged into the state dict one inner optimizer over all parameters would have.
         """
         state = super().state_dict()
@@ -303,7 +289,7 @@ class LocoProp(Optimizer):
         self._inner = self._make_inner()
         if inner is None:
             return
-        if self.parallel:
+        if self.fused:
             self._inner[0].load_state_dict(inner)
             return
         offset = 0
@@ -315,7 +301,7 @@ class LocoProp(Optimizer):
             offset += n
 
     def _merged_inner_state(self) -> dict:
-        if self.parallel:
+        if self.fused:
             return self._inner[0].state_dict()
         state, offset = {}, 0
         for opt, ps in zip(self._inner, self._layer_params):

@@ -17,21 +17,20 @@ and LocoProp-S with 8 full-length trials each; 3 seeds of the best baseline).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from pathlib import Path
 from typing import Callable
 
 import optuna
+import yaml
 from omegaconf import DictConfig
 
 from benchmarks.config import compose_config
-from benchmarks.train import run_dir_for, train
+from benchmarks.optimizers import optimizer_info, paper_optimizers
+from benchmarks.results import read_summary
+from benchmarks.rundir import RunInUse, run_dir_for
+from benchmarks.train import train
 from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, work
-
-PAPER_OPTIMIZERS = ("sgd", "nesterov", "adagrad", "rmsprop", "adam", "shampoo", "kfac", "locoprop_s", "locoprop_m")
-PAPER_BASELINES = PAPER_OPTIMIZERS[:7]
 
 
 class Runs:
@@ -43,14 +42,11 @@ class Runs:
     def step(self) -> str:
         busy = False
         for cfg in self.configs():
-            path = run_dir_for(cfg) / "summary.json"
-            if path.exists() and json.loads(path.read_text()).get("status") in SEED_DONE:
+            if (read_summary(run_dir_for(cfg)) or {}).get("status") in SEED_DONE:
                 continue
             try:
                 train(cfg)
-            except RuntimeError as err:  # another worker holds this run
-                if "in use by" not in str(err):
-                    raise
+            except RunInUse:  # another worker holds this run
                 busy = True
                 continue
             return "seed"
@@ -76,8 +72,6 @@ class BestOf:
 
 
 def _validated_final_loss(search: Search) -> float:
-    import yaml
-
     source = yaml.safe_load(search.tuned_path.read_text())["tuned_source"]
     stats = [v for k, v in source["validation"].items() if k.startswith("final_train")]
     mean = stats[0]["mean"] if stats else None
@@ -95,17 +89,18 @@ def published_default_runs(dataset: str, optimizer: str, results: str, seeds: ra
 def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
     """The plan of the shipped CPU reference comparison (see the module docstring)."""
     curves_dir, mnist_dir = f"{root}/curves_synth", f"{root}/mnist"
+    note = "CPU reference campaign (scripts/campaign.py cpu-reference)"
+    paper = paper_optimizers()
+    baselines = [o for o in paper if optimizer_info(o)["family"] != "local_loss"]
     curves = [Search("curves_synth", o, curves_dir, Protocol(trials=16, seeds=3), tuned_dir=tuned_dir,
-                     export_as="curves", note="CPU reference campaign (scripts/campaign.py cpu-reference)")
-              for o in PAPER_OPTIMIZERS]
-    mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=1), tuned_dir=tuned_dir,
-                    note="CPU reference campaign (scripts/campaign.py cpu-reference)")
-             for o in (*PAPER_BASELINES, "locoprop_s")]
+                     export_as="curves", note=note) for o in paper]
+    mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=1), tuned_dir=tuned_dir, note=note)
+             for o in (*baselines, "locoprop_s")]
     return [*curves,
             published_default_runs("mnist", "locoprop_m", mnist_dir, range(1), eval_every=5),
             *mnist,
             published_default_runs("mnist", "locoprop_m", mnist_dir, range(3), eval_every=5),
-            BestOf([s for s in mnist if s.optimizer in PAPER_BASELINES], seeds=3)]
+            BestOf([s for s in mnist if s.optimizer in baselines], seeds=3)]
 
 
 PLANS = {"cpu-reference": cpu_reference}

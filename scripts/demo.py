@@ -11,6 +11,7 @@ import time
 
 from benchmarks.config import compose_config
 from benchmarks.train import train
+from scripts import figures, summary as summary_script
 
 DEMO_OPTIMIZERS = {"adam": ["optimizer.lr=1e-3"], "rmsprop": ["optimizer.lr=3e-4"]}
 
@@ -27,8 +28,6 @@ def main(argv: list[str] | None = None) -> None:
                               "dataset.n_train=5000", "dataset.n_test=1000", "batch_size=250", *extra])
         summary = train(cfg)
         print(f"{name}: status {summary['status']}, final train CE {summary['final_train_ce']:.2f}")
-    from scripts import figures, summary as summary_script
-
     figures.main(["--results", args.results, "--group", "demo", "--out", f"{args.results}/figures"])
     summary_script.main(["--results", args.results, "--group", "demo", "--out", args.results])
     print(f"demo finished in {time.perf_counter() - start:.0f} s")

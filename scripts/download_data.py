@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.data import load_dataset
+from benchmarks.workloads import load_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,12 +1,16 @@
 """The paper's comparison figures, drawn from the local run tables.
 
-    python -m scripts.figures --results results --group default --out results/figures
+    python -m scripts.figures --results results --group default [--out DIR] [--time measured|bench]
 
 Per dataset: train loss vs epoch, train loss vs wall-clock, test loss vs epoch, and a grid of
 test reconstructions; across datasets: an overview of the curves, the median time per step and a
-Dolan-More performance profile. Each line is the mean over seeds with the min..max range shaded;
-runs that diverged (or failed) are drawn on their own up to their last finite value, end in an
-'x' and are counted in the legend. Every figure is saved as PNG and PDF with the commit in its
+Dolan-More performance profile (with at least two datasets; with one it would be degenerate).
+Each line is one configuration (runs differing only in their seed), the mean over its seeds with
+the min..max range shaded; a sweep's configurations get one line each, labelled by what differs.
+Runs that diverged (or failed) are drawn on their own up to their last finite value, end in an
+'x' and are counted in the legend. `--time bench` puts steps x the ms/step of this machine's quiet
+`make bench` table on the time axis instead of the measured seconds (which a loaded machine
+inflates); the axis label says which. Every figure is saved as PNG and PDF with the commit in its
 metadata, and `provenance.json` lists the runs and configs behind each figure.
 """
 from __future__ import annotations
@@ -23,11 +27,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from scripts.results_io import (GAUSSIAN_DATASETS, HEALTHY, load_runs_or_explain, primary_metric,  # noqa: E402
+from benchmarks.results import (HEALTHY, architecture, bench_tables, dataset_label, is_gaussian,  # noqa: E402
+                                load_reconstructions, load_runs_or_explain, optimizer_label, primary_metric,
                                 provenance, run_record, write_json)
 
 COLUMN_WIDTH, FULL_WIDTH = 3.3, 6.8  # inches: one paper column, the full page width
@@ -35,44 +40,55 @@ STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fonts
          "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.linewidth": 0.6, "lines.linewidth": 1.0,
          "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 300}
 
-# One fixed look per optimizer in every figure; LocoProp drawn thick, solid and on top.
+# One fixed look per optimizer in every figure (labels come from the optimizer configs); LocoProp
+# drawn thick, solid and on top. Optimizers not listed get grey with a name-derived dash pattern.
 OPTIMIZER_STYLES: dict[str, dict[str, Any]] = {
-    "locoprop_m": dict(label="LocoProp-M", color="#d62728", linestyle="-", linewidth=2.0, zorder=5),
-    "locoprop_s": dict(label="LocoProp-S", color="#000000", linestyle="-", linewidth=2.0, zorder=4),
-    "kfac": dict(label="K-FAC", color="#1f77b4", linestyle="-."),
-    "shampoo": dict(label="Shampoo", color="#ff7f0e", linestyle="-."),
-    "adam": dict(label="Adam", color="#2ca02c", linestyle="--"),
-    "adam_tf1": dict(label="Adam (TF1)", color="#2ca02c", linestyle=":"),
-    "rmsprop": dict(label="RMSProp", color="#9467bd", linestyle="--"),
-    "rmsprop_tf1": dict(label="RMSProp (TF1)", color="#9467bd", linestyle=":"),
-    "adagrad": dict(label="AdaGrad", color="#17becf", linestyle="--"),
-    "adagrad_tf1": dict(label="AdaGrad (TF1)", color="#17becf", linestyle=":"),
-    "nesterov": dict(label="Nesterov", color="#8c564b", linestyle="--"),
-    "momentum": dict(label="Momentum", color="#bcbd22", linestyle="--"),
-    "sgd": dict(label="SGD", color="#7f7f7f", linestyle=":"),
+    "locoprop_m": dict(color="#d62728", linestyle="-", linewidth=2.0, zorder=5),
+    "locoprop_s": dict(color="#000000", linestyle="-", linewidth=2.0, zorder=4),
+    "kfac": dict(color="#1f77b4", linestyle="-."),
+    "foof": dict(color="#17becf", linestyle="-."),
+    "shampoo": dict(color="#ff7f0e", linestyle="-."),
+    "dtp": dict(color="#e377c2", linestyle="-", linewidth=1.5),
+    "adam": dict(color="#2ca02c", linestyle="--"),
+    "adam_tf1": dict(color="#2ca02c", linestyle=":"),
+    "rmsprop": dict(color="#9467bd", linestyle="--"),
+    "rmsprop_tf1": dict(color="#9467bd", linestyle=":"),
+    "adagrad": dict(color="#8c564b", linestyle="--"),
+    "adagrad_tf1": dict(color="#8c564b", linestyle=":"),
+    "nesterov": dict(color="#bcbd22", linestyle="--"),
+    "momentum": dict(color="#7f7f7f", linestyle="-."),
+    "sgd": dict(color="#7f7f7f", linestyle=":"),
 }
 _FALLBACK_LINESTYLES = ("-", "--", "-.", ":")
-METRIC_LABELS = {"train_ce": "train cross-entropy", "test_ce": "test cross-entropy",
-                 "train_se": "train squared error", "test_se": "test squared error"}
-# FACES columns come from MATLAB, which stores each 25x25 image column by column (assumed from
-# MATLAB's convention; check against the real file): transpose them for display.
-COLUMN_MAJOR_DATASETS = ("faces",)
-DATASET_LABELS = {"mnist": "MNIST", "faces": "FACES", "curves": "CURVES",
-                  "curves_synth": "CURVES (synthetic)", "faces_synth": "FACES (synthetic)"}
+_CONFIG_DASHES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 2)), (0, (4, 2, 1, 2, 1, 2)))
+METRIC_LABELS = {"train_ce": "train cross-entropy (nats, summed over pixels)",
+                 "test_ce": "test cross-entropy (nats, summed over pixels)",
+                 "train_se": "train squared error (summed over pixels)",
+                 "test_se": "test squared error (summed over pixels)"}
+TIME_LABELS = {"measured": "training wall-clock (s, measured)",
+               "bench": "training time (s) = steps x ms/step of a quiet `make bench`"}
 
 
 def style_for(optimizer: str) -> dict[str, Any]:
-    """The optimizer's fixed style; unknown names get grey with a name-derived dash pattern."""
+    """The optimizer's fixed style and label; unknown names get grey with a name-derived dash pattern."""
+    base = {"label": optimizer_label(optimizer), "linewidth": 1.0, "zorder": 3}
     if optimizer in OPTIMIZER_STYLES:
-        return {"linewidth": 1.0, "zorder": 3, **OPTIMIZER_STYLES[optimizer]}
+        return {**base, **OPTIMIZER_STYLES[optimizer]}
     dash = _FALLBACK_LINESTYLES[sum(map(ord, optimizer)) % len(_FALLBACK_LINESTYLES)]
-    return dict(label=optimizer, color="#555555", linestyle=dash, linewidth=1.0, zorder=2)
+    return {**base, "color": "#555555", "linestyle": dash, "zorder": 2}
 
 
-def _plain_log_ticks(axis) -> None:
-    """Label a log axis 20, 30, 50 rather than 2x10^1 (easier to read in a small figure)."""
-    axis.set_major_formatter(LogFormatter())
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+def _log_axis(axis, values: np.ndarray) -> None:
+    """Log scale with labelled ticks across the plotted range, written plainly (20, 50, 136)."""
+    finite = values[np.isfinite(values) & (values > 0)]
+    axis.axes.set_yscale("log") if axis is axis.axes.yaxis else axis.axes.set_xscale("log")
+    span = finite.max() / finite.min() if finite.size else 10.0
+    subs = (1.0, 2.0, 5.0) if span > 20 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _legend_below(ax, ncol: int = 2, extra: list | None = None) -> None:
@@ -102,6 +118,33 @@ def heldout_metric(dataset: str) -> str:
     return primary_metric(dataset).replace("train", "test")
 
 
+# ---------------------------------------------------------------- time axis
+
+
+def bench_ms_per_step(results_dir: str | Path) -> dict[tuple[str, str, int], float]:
+    """(architecture, optimizer, batch size) -> ms/step from the quiet bench tables under <results>/bench/."""
+    table: dict[tuple[str, str, int], float] = {}
+    for _, data in bench_tables(results_dir):
+        if data.get("busy"):
+            continue
+        for row in data.get("rows", []):
+            if row.get("ms_per_step") and row.get("width_multiplier", 1) == 1 and row.get("depth_multiplier", 1) == 1:
+                table[(row["dataset"], row["optimizer"], int(row["batch_size"]))] = float(row["ms_per_step"])
+    return table
+
+
+def with_bench_time(runs: pd.DataFrame, metrics: pd.DataFrame, bench: dict) -> pd.DataFrame:
+    """metrics with wallclock_s replaced by epoch x steps per epoch x the bench's ms/step (NaN if unknown)."""
+    seconds_per_epoch = {}
+    for _, run in runs.iterrows():
+        ms = bench.get((architecture(run["dataset"]), run["optimizer"], int(run.get("cfg.batch_size", 1000) or 1000)))
+        steps = run.get("steps_per_epoch")
+        seconds_per_epoch[run["run_dir"]] = ms * steps / 1e3 if ms and steps == steps else np.nan
+    out = metrics.copy()
+    out["wallclock_s"] = out["epoch"] * out["run_dir"].map(seconds_per_epoch)
+    return out
+
+
 # ---------------------------------------------------------------- curves
 
 
@@ -110,31 +153,45 @@ def _wide(metrics: pd.DataFrame, column: str) -> pd.DataFrame:
     return metrics.pivot_table(index="epoch", columns="run_dir", values=column, aggfunc="first", dropna=False)
 
 
+def _configs(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame, dict[str, Any]]]:
+    """(label, runs, line style) per configuration, optimizers in palette order; several
+    configurations of one optimizer share its colour and get different dashes."""
+    out = []
+    for optimizer in ordered(runs["optimizer"]):
+        own = runs[runs["optimizer"] == optimizer]
+        ids = list(dict.fromkeys(own["config_id"]))
+        for k, config_id in enumerate(ids):
+            style = style_for(optimizer)
+            cfg_runs = own[own["config_id"] == config_id]
+            if len(ids) > 1:
+                style = {**style, "linestyle": _CONFIG_DASHES[k % len(_CONFIG_DASHES)], "linewidth": 1.0}
+            out.append((cfg_runs["config_label"].iloc[0], cfg_runs, style))
+    return out
+
+
 def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = "epoch") -> list[str]:
-    """One line per optimizer on `ax`: seed mean with min..max shading, diverged runs marked 'x'.
+    """One line per configuration on `ax`: seed mean with min..max shading, diverged runs marked 'x'.
 
-    Against wall-clock, a point's x is the seeds' mean training time at that epoch.
-
-    Returns the run directories drawn, for the provenance record.
+    Rows without the metric (epochs between full evaluations) are skipped. Against time, a
+    point's x is the seeds' mean training time at that epoch. Returns the run directories drawn.
     """
     drawn: list[str] = []
-    for optimizer in ordered(runs["optimizer"]):
-        style = style_for(optimizer)
-        own = runs[runs["optimizer"] == optimizer]
+    plotted: list[np.ndarray] = []
+    for label, own, style in _configs(runs):
         healthy = own[own["status"].isin(HEALTHY)]
         bad = own[~own["status"].isin(HEALTHY)]
-        label = style["label"] + _failure_note(own)
+        label = label + _failure_note(own)
         line_kw = {k: style[k] for k in ("color", "linestyle", "linewidth", "zorder")}
         if len(healthy):
             m = metrics[metrics["run_dir"].isin(healthy["run_dir"])]
-            ys = _wide(m, y).replace([np.inf, -np.inf], np.nan)
-            ys = ys.dropna(how="all")
+            ys = _wide(m, y).replace([np.inf, -np.inf], np.nan).dropna(how="all")
             if len(ys):
                 xs = ys.index.to_numpy(float) if x == "epoch" else _wide(m, x).loc[ys.index].mean(axis=1).to_numpy()
                 ax.plot(xs, ys.mean(axis=1), label=label, **line_kw)
                 if ys.shape[1] > 1:
                     ax.fill_between(xs, ys.min(axis=1), ys.max(axis=1), color=style["color"], alpha=0.18,
                                     linewidth=0, zorder=line_kw["zorder"] - 1)
+                plotted.append(ys.to_numpy(float).ravel())
                 label = None
                 drawn += list(healthy["run_dir"])
         for _, run in bad.iterrows():
@@ -145,11 +202,15 @@ def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = 
             ax.plot(m[x], m[y], label=label, alpha=0.7, **{**line_kw, "linewidth": 0.8})
             ax.plot(m[x].iloc[-1], m[y].iloc[-1], marker="x", color=style["color"], markersize=5,
                     markeredgewidth=1.2, linestyle="none", zorder=6)
+            plotted.append(m[y].to_numpy(float))
             label = None
             drawn.append(run["run_dir"])
-    ax.set_yscale("log")
-    _plain_log_ticks(ax.yaxis)
-    ax.set_xlabel("epoch" if x == "epoch" else "wall-clock (s)")
+    _log_axis(ax.yaxis, np.concatenate(plotted) if plotted else np.array([]))
+    if x == "epoch":
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.set_xlabel(TIME_LABELS["bench" if x == "bench_s" else "measured"])
     ax.set_ylabel(METRIC_LABELS.get(y, y))
     ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
     return drawn
@@ -166,28 +227,28 @@ def _failure_note(own: pd.DataFrame) -> str:
 def curve_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str):
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
     drawn = plot_curves(ax, runs, metrics, y, x)
-    ax.set_title(DATASET_LABELS.get(dataset, dataset))
+    ax.set_title(dataset_label(dataset))
     _legend_below(ax, extra=[_diverged_key()] if (~runs["status"].isin(HEALTHY)).any() else None)
     return fig, drawn
 
 
-def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame):
+def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = "wallclock_s"):
     """Full-width grid: one row per dataset; train vs epoch, train vs time, test vs epoch."""
     datasets = sorted(runs["dataset"].unique())
     fig, axes = plt.subplots(len(datasets), 3, figsize=(FULL_WIDTH, 1.9 * len(datasets) + 0.4), squeeze=False)
     drawn: list[str] = []
     for row, dataset in enumerate(datasets):
         r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
-        panels = ((primary_metric(dataset), "epoch"), (primary_metric(dataset), "wallclock_s"),
+        panels = ((primary_metric(dataset), "epoch"), (primary_metric(dataset), time_axis),
                   (heldout_metric(dataset), "epoch"))
         for col, (y, x) in enumerate(panels):
             drawn += plot_curves(axes[row, col], r, m, y, x)
-        axes[row, 0].set_title(DATASET_LABELS.get(dataset, dataset), loc="left")
-    handles = [Line2D([], [], **{k: v for k, v in style_for(o).items() if k != "zorder"})
-               for o in ordered(runs["optimizer"])]
+        axes[row, 0].set_title(dataset_label(dataset), loc="left")
+    handles = [Line2D([], [], label=label, **{k: v for k, v in style.items() if k not in ("zorder", "label")})
+               for label, _, style in _configs(runs)]
     if (~runs["status"].isin(HEALTHY)).any():
         handles.append(_diverged_key())
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False,
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     return fig, sorted(set(drawn))
@@ -206,6 +267,7 @@ def step_time_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def step_time_figure(runs: pd.DataFrame):
+    """Bars of ms/step on a linear axis from zero, so the bar lengths are the ratios."""
     table = step_time_table(runs)
     if table.empty:
         return None, []
@@ -218,9 +280,8 @@ def step_time_figure(runs: pd.DataFrame):
         ax.bar(positions, table[optimizer].to_numpy(float), width=width, color=style["color"],
                edgecolor="black" if optimizer.startswith("locoprop") else "none", linewidth=0.6,
                hatch=None if style["linestyle"] in ("-", "--") else "///", label=style["label"])
-    ax.set_xticks(np.arange(len(datasets)), [DATASET_LABELS.get(d, d) for d in datasets])
-    ax.set_yscale("log")
-    _plain_log_ticks(ax.yaxis)
+    ax.set_xticks(np.arange(len(datasets)), [dataset_label(d) for d in datasets])
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("median time per step (ms)")
     ax.grid(True, axis="y", linewidth=0.3, alpha=0.5)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, frameon=False)
@@ -241,15 +302,6 @@ def _display(images: np.ndarray, gaussian: bool) -> np.ndarray:
     return (images - low) / np.where(span > 0, span, 1.0)
 
 
-def _load_reconstructions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """(inputs, outputs, (h, w)) from reconstructions.npz, checked for consistent shapes."""
-    with np.load(run_dir / "reconstructions.npz") as npz:
-        inputs, outputs, shape = npz["inputs"], npz["outputs"], tuple(int(s) for s in npz["image_shape"])
-    if len(shape) != 2 or inputs.ndim != 2 or outputs.shape != inputs.shape or inputs.shape[1] != shape[0] * shape[1]:
-        raise ValueError(f"inconsistent shapes: inputs {inputs.shape}, outputs {outputs.shape}, image {shape}")
-    return inputs, outputs, shape
-
-
 def _representative(own: pd.DataFrame) -> pd.Series:
     """The run whose reconstructions are shown: healthy before diverged, then the lowest seed."""
     key = (~own["status"].isin(HEALTHY)).astype(int) * 10**9 + own["seed"]
@@ -257,15 +309,15 @@ def _representative(own: pd.DataFrame) -> pd.Series:
 
 
 def reconstruction_figure(dataset: str, runs: pd.DataFrame):
-    """Top row: the first test images; then one row of reconstructions per optimizer."""
+    """Top row: the first test images; then one row of reconstructions per configuration."""
     import torch
     from torchvision.utils import make_grid
 
     rows, labels, drawn, originals, shape = [], [], [], None, None
-    for optimizer in ordered(runs["optimizer"]):
-        run = _representative(runs[runs["optimizer"] == optimizer])
+    for label, own, _ in _configs(runs):
+        run = _representative(own)
         try:
-            inputs, outputs, shape_i = _load_reconstructions(Path(run["run_dir"]))
+            inputs, outputs, shape_i = load_reconstructions(Path(run["run_dir"]))
         except Exception as err:  # noqa: BLE001 - a missing or bad file only removes one row
             warnings.warn(f"no reconstructions for {run['run_dir']}: {err}")
             continue
@@ -279,15 +331,13 @@ def reconstruction_figure(dataset: str, runs: pd.DataFrame):
         elif not np.allclose(inputs, originals, equal_nan=True):
             warnings.warn(f"{run['run_dir']} reconstructs other test images than the first run (seeded test set?)")
         rows.append(outputs)
-        labels.append(style_for(optimizer)["label"] + (" (" + run["status"] + ")" if run["status"] not in HEALTHY else ""))
+        labels.append(label + (" (" + run["status"] + ")" if run["status"] not in HEALTHY else ""))
         drawn.append(run["run_dir"])
     if originals is None:
         return None, []
-    gaussian = dataset in GAUSSIAN_DATASETS
+    gaussian = is_gaussian(dataset)
     n, (h, w) = originals.shape[0], shape
     images = np.concatenate([_display(r, gaussian) for r in rows]).reshape(-1, 1, h, w)
-    if dataset in COLUMN_MAJOR_DATASETS:
-        images = images.transpose(0, 1, 3, 2)
     pad = 2
     grid = make_grid(torch.from_numpy(images).float(), nrow=n, padding=pad, pad_value=1.0)[0].numpy()
     fig_h = COLUMN_WIDTH * grid.shape[0] / grid.shape[1]
@@ -298,8 +348,7 @@ def reconstruction_figure(dataset: str, runs: pd.DataFrame):
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(DATASET_LABELS.get(dataset, dataset) + (" (each image rescaled to [0,1])" if gaussian else ""),
-                 fontsize=8)
+    ax.set_title(dataset_label(dataset) + (" (each image rescaled to [0,1])" if gaussian else ""), fontsize=8)
     return fig, drawn
 
 
@@ -309,15 +358,20 @@ def reconstruction_figure(dataset: str, runs: pd.DataFrame):
 def final_scores(runs: pd.DataFrame) -> pd.DataFrame:
     """dataset x optimizer: mean over healthy seeds of the final primary train loss.
 
-    An optimizer with no healthy seed on a dataset (all diverged or failed) scores inf; one
-    that was not run on a dataset is NaN (left out of that dataset's comparison).
+    With several configurations of an optimizer on a dataset, the best one (lowest mean) counts.
+    An optimizer with no healthy seed on a dataset (all diverged or failed) scores inf; one that
+    was not run on a dataset is NaN (left out of that dataset's comparison).
     """
     scores: dict[tuple[str, str], float] = {}
     for (dataset, optimizer), own in runs.groupby(["dataset", "optimizer"]):
-        healthy = own[own["status"].isin(HEALTHY)]
-        values = healthy[f"final_{primary_metric(dataset)}"].to_numpy(float) if len(healthy) else np.array([])
-        values = values[np.isfinite(values)]
-        scores[(dataset, optimizer)] = float(values.mean()) if len(values) else np.inf
+        best = np.inf
+        for _, cfg_runs in own.groupby("config_id"):
+            healthy = cfg_runs[cfg_runs["status"].isin(HEALTHY)]
+            values = healthy[f"final_{primary_metric(dataset)}"].to_numpy(float) if len(healthy) else np.array([])
+            values = values[np.isfinite(values)]
+            if len(values):
+                best = min(best, float(values.mean()))
+        scores[(dataset, optimizer)] = best
     table = pd.Series(scores).unstack()
     return table[ordered(table.columns)]
 
@@ -341,7 +395,12 @@ def performance_profile(scores: pd.DataFrame, taus: Iterable[float]) -> pd.DataF
 
 
 def profile_figure(runs: pd.DataFrame):
+    """The performance profile; None (with a note) for fewer than two datasets, where every curve is a step."""
     scores = final_scores(runs)
+    if len(scores) < 2:
+        print(f"performance profile not drawn: it needs at least two datasets, these runs have {len(scores)} "
+              "(with one, every optimizer's curve is a single step at its ratio to the best)", file=sys.stderr)
+        return None, []
     best = scores.replace(np.inf, np.nan).min(axis=1)
     ratios = scores.div(best, axis=0).to_numpy(float)
     finite = ratios[np.isfinite(ratios)]
@@ -353,8 +412,7 @@ def profile_figure(runs: pd.DataFrame):
         style = style_for(optimizer)
         ax.step(rho.index, rho[optimizer], where="post", label=style["label"],
                 **{k: style[k] for k in ("color", "linestyle", "linewidth", "zorder")})
-    ax.set_xscale("log")
-    _plain_log_ticks(ax.xaxis)
+    _log_axis(ax.xaxis, np.array([1.0, top]))
     ax.set_xlim(1.0, top)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(r"$\tau$ (final train loss / best on the dataset)")
@@ -386,27 +444,36 @@ def save_figure(fig, out_dir: Path, name: str, commit: str | None) -> list[Path]
     return paths
 
 
-def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, results_dir: Path | None = None,
+                 time: str = "measured") -> dict[str, Any]:
     """Draw every figure into `out_dir`; returns {figure name: {files, runs}} for provenance.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     commit = provenance().get("git_commit")
     record: dict[str, Any] = {}
+    time_axis = "wallclock_s"
+    if time == "bench":
+        metrics = with_bench_time(runs, metrics, bench_ms_per_step(results_dir or "results")).assign(
+            bench_s=lambda m: m["wallclock_s"])
+        time_axis = "bench_s"
+
+    def relative(paths: list[str]) -> list[str]:
+        return sorted({Path(p).relative_to(results_dir).as_posix() if results_dir else p for p in paths})
 
     def emit(name: str, fig, drawn: list[str]) -> None:
         if fig is None:
             return
         files = save_figure(fig, out_dir, name, commit)
-        record[name] = {"files": [p.name for p in files], "runs": sorted(set(drawn))}
+        record[name] = {"files": [p.name for p in files], "runs": relative(drawn)}
 
     with plt.rc_context(STYLE):
         for dataset in sorted(runs["dataset"].unique()):
             r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
             primary = primary_metric(dataset)
             emit(f"{dataset}_train_vs_epoch", *curve_figure(dataset, r, m, primary, "epoch"))
-            emit(f"{dataset}_train_vs_time", *curve_figure(dataset, r, m, primary, "wallclock_s"))
+            emit(f"{dataset}_train_vs_time", *curve_figure(dataset, r, m, primary, time_axis))
             emit(f"{dataset}_test_vs_epoch", *curve_figure(dataset, r, m, heldout_metric(dataset), "epoch"))
             emit(f"{dataset}_reconstructions", *reconstruction_figure(dataset, r))
-        emit("overview", *overview_figure(runs, metrics))
+        emit("overview", *overview_figure(runs, metrics, time_axis))
         emit("step_time", *step_time_figure(runs))
         emit("performance_profile", *profile_figure(runs))
     return record
@@ -416,15 +483,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="results directory holding runs/")
     parser.add_argument("--group", default="default", help="experiment group (runs/<group>/...)")
-    parser.add_argument("--out", default=None, help="output folder (default: <results>/figures)")
+    parser.add_argument("--out", default=None, help="output folder (default: <results>/figures/<group>)")
+    parser.add_argument("--time", choices=("measured", "bench"), default="measured",
+                        help="time axis: the measured training seconds, or steps x the ms/step of a quiet bench")
     args = parser.parse_args(argv)
     loaded = load_runs_or_explain(args.results, args.group)
     if loaded is None:
         return 1
     runs, metrics = loaded
-    out_dir = Path(args.out) if args.out else Path(args.results) / "figures"
-    record = make_figures(runs, metrics, out_dir)
-    info = {"provenance": provenance(runs), "group": args.group, "results_dir": str(args.results),
+    out_dir = Path(args.out) if args.out else Path(args.results) / "figures" / args.group
+    record = make_figures(runs, metrics, out_dir, Path(args.results), args.time)
+    info = {"provenance": provenance(runs), "group": args.group, "time_axis": args.time,
             "figures": record, "runs": run_record(runs)}
     write_json(out_dir / "provenance.json", info)
     print(out_dir / "provenance.json")

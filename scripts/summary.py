@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.tracking import atomic_write_text
-from scripts.results_io import HEALTHY, load_runs_or_explain, primary_metric, provenance, run_record, write_json
+from benchmarks.results import HEALTHY, load_runs_or_explain, primary_metric, provenance, run_record, write_json, write_text
 
 LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
 DEFAULT_TARGET_FACTOR = 1.05
@@ -66,11 +65,11 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
 
 
 def default_targets(runs: pd.DataFrame) -> dict[str, float]:
-    """Per dataset: 1.05 x the lowest mean final primary train loss over the optimizers."""
+    """Per dataset: 1.05 x the lowest mean final primary train loss over the configurations."""
     targets = {}
     for dataset, own in runs[runs["status"].isin(HEALTHY)].groupby("dataset"):
         column = f"final_{primary_metric(dataset)}"
-        means = own.groupby("optimizer")[column].apply(lambda v: _mean_std(v)[0]).dropna()
+        means = own.groupby(["optimizer", "config_id"])[column].apply(lambda v: _mean_std(v)[0]).dropna()
         if len(means):
             targets[dataset] = DEFAULT_TARGET_FACTOR * float(means.min())
     return targets
@@ -86,13 +85,14 @@ def time_to_target(metrics: pd.DataFrame, column: str, target: float) -> tuple[f
 
 
 def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, float] | None = None) -> pd.DataFrame:
-    """One row per dataset x optimizer with every number of the table (unformatted)."""
+    """One row per dataset x optimizer x configuration with every number of the table (unformatted)."""
     targets = {**default_targets(runs), **(targets or {})}
     rows = []
-    for (dataset, optimizer), own in runs.groupby(["dataset", "optimizer"], sort=True):
+    for (dataset, optimizer, config_id), own in runs.groupby(["dataset", "optimizer", "config_id"], sort=True):
         primary = primary_metric(dataset)
         healthy = own[own["status"].isin(HEALTHY)]
-        row: dict[str, Any] = {"dataset": dataset, "optimizer": optimizer, "primary_metric": primary,
+        row: dict[str, Any] = {"dataset": dataset, "optimizer": optimizer, "config_id": config_id,
+                               "configuration": own["config_label"].iloc[0], "primary_metric": primary,
                                "n_seeds": len(own), "n_healthy": len(healthy),
                                "n_diverged": int((own["status"] == "diverged").sum()),
                                "n_failed": int((own["status"] == "failed").sum())}
@@ -139,14 +139,14 @@ def _reach(value: float, n_reached: int, n_healthy: int, digits: int = 4) -> str
 def dataset_table(table: pd.DataFrame) -> str:
     """One dataset's markdown table; loss columns that are empty for every optimizer are dropped."""
     losses = [loss for loss in LOSSES if table[f"final_{loss}_mean"].notna().any()]
-    header = ["optimizer", "seeds", "diverged"]
+    header = ["configuration", "seeds", "diverged"]
     for loss in losses:
         split, kind = loss.split("_")
         header += [f"final {split} {kind.upper()}", f"best {split} {kind.upper()}"]
     header += ["ms/step", "wall-clock (s, all seeds)", "epochs to target", "s to target", "reference"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
-        cells = [r["optimizer"], str(r["n_seeds"]), f"{r['n_diverged']}/{r['n_seeds']}"]
+        cells = [r["configuration"], str(r["n_seeds"]), f"{r['n_diverged']}/{r['n_seeds']}"]
         for loss in losses:
             cells += [_fmt(r[f"final_{loss}_mean"], r[f"final_{loss}_std"]),
                       _fmt(r[f"best_{loss}_mean"], r[f"best_{loss}_std"])]
@@ -179,7 +179,7 @@ def markdown(table: pd.DataFrame, info: dict[str, Any], runs: pd.DataFrame, grou
                 f"Primary metric `{part['primary_metric'].iloc[0]}`; target {_fmt(target)} ({how}).", "",
                 dataset_table(part), ""]
     out += ["<details><summary>Runs used</summary>", ""]
-    out += [f"- `{r['run_dir']}` ({r['status']})" for _, r in runs.iterrows()]
+    out += [f"- `{r['run_path']}` ({r['status']}, {r['config_label']})" for _, r in runs.iterrows()]
     out += ["", "</details>", ""]
     return "\n".join(out)
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="results directory holding runs/")
     parser.add_argument("--group", default="default", help="experiment group (runs/<group>/...)")
-    parser.add_argument("--out", default=None, help="output folder (default: --results)")
+    parser.add_argument("--out", default=None, help="output folder (default: <results>/summaries/<group>)")
     parser.add_argument("--targets", type=parse_targets, default={},
                         help="target train loss per dataset, e.g. mnist=60,curves=3 (default: 1.05 x best)")
     args = parser.parse_args(argv)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if loaded is None:
         return 1
     runs, metrics = loaded
-    out_dir = Path(args.out) if args.out else Path(args.results)
+    out_dir = Path(args.out) if args.out else Path(args.results) / "summaries" / args.group
     table = summarize(runs, metrics, args.targets)
     info = provenance(runs)
     buffer = io.StringIO()
@@ -204,10 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     outputs = {out_dir / "summary.csv": buffer.getvalue(),
                out_dir / "summary.md": markdown(table, info, runs, args.group, args.targets)}
     for path, text in outputs.items():
-        atomic_write_text(path, text)
+        write_text(path, text)
         print(path)
     write_json(out_dir / "summary_provenance.json", {"provenance": info, "group": args.group,
-                                                     "results_dir": str(args.results),
                                                      "targets": dict(zip(table["dataset"], table["target"])),
                                                      "runs": run_record(runs)})
     print(out_dir / "summary_provenance.json")

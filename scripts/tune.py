@@ -1,6 +1,7 @@
 """Fair, resumable hyper-parameter search for one optimizer on one data set.
 
     python -m scripts.tune --dataset mnist --optimizer adam [--trials 16] [--workers 2] [-- overrides]
+    python -m scripts.tune --dataset mnist --optimizer paper      # the paper's nine, one after another
 
 The protocol (see the README, "Tuning protocol"):
 - every trial trains exactly like a final run (full training set, the official 100-epoch
@@ -10,7 +11,8 @@ The protocol (see the README, "Tuning protocol"):
   `configs/sweep/<optimizer>.yaml`; every optimizer of a data set gets the same number of trials;
 - successive halving prunes trials on the running mean of each epoch's mini-batch losses (free),
   and the notebook's exits (a loss above 1000, a best above 600, a best still above 350 after
-  epoch 12; CE scale) end hopeless trials; full evaluations run every `--eval-every` epochs;
+  epoch 12; CE scale; `benchmarks.workloads`) end hopeless trials; full evaluations run every
+  `--eval-every` epochs;
 - the study lives in an SQLite file, `<results>/tuning/<dataset>/<optimizer>.db` (or any
   SQLAlchemy URL via --storage): a killed search resumes with its finished trials kept, and a
   trial whose worker died is retried with the same settings, resuming its run from the last
@@ -26,7 +28,6 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import json
 import math
 import os
 import shutil
@@ -44,8 +45,12 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.tracking import atomic_write_json, atomic_write_text
-from benchmarks.train import FINAL_STATUSES, PruneRun, git_commit, pid_alive, run_dir_for, train
+from benchmarks.optimizers import paper_optimizers
+from benchmarks.results import read_summary
+from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, git_commit, pid_alive,
+                               run_dir_for)
+from benchmarks.train import PruneRun, train
+from benchmarks.workloads import get_workload
 
 TRIAL_GROUP, FINAL_GROUP = "tune", "final"
 SEED_DONE = (*FINAL_STATUSES, "stopped", "failed")  # a seed run in one of these is not run again
@@ -99,21 +104,23 @@ class Protocol:
     reduction_factor: int = 3
     startup_trials: int = 5
     sampler_seed: int = 0
+    exits: bool = True  # the notebook's exits (the workload's tuning_exits), if it has any
     overrides: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def notebook_exit(rules: Any, loss: float, best: float, epoch: int) -> str | None:
-    """The LocoProp notebook's tuning exits (dataset.prune), or None."""
-    if rules.get("max_loss") is not None and loss > rules.max_loss:
-        return f"train loss {loss:.4g} > {rules.max_loss} at epoch {epoch}"
-    if rules.get("max_best_loss") is not None and best > rules.max_best_loss:
-        return f"best train loss {best:.4g} > {rules.max_best_loss} at epoch {epoch}"
-    if (rules.get("patience_epoch") is not None and epoch >= rules.patience_epoch
-            and best > rules.patience_loss):
-        return f"best train loss {best:.4g} still > {rules.patience_loss} after epoch {epoch}"
+def notebook_exit(rules: dict | None, loss: float, best: float, epoch: int) -> str | None:
+    """Why a trial ends by the LocoProp notebook's tuning exits (a workload's tuning_exits), or None."""
+    if not rules:
+        return None
+    if rules.get("max_loss") is not None and loss > rules["max_loss"]:
+        return f"train loss {loss:.4g} > {rules['max_loss']} at epoch {epoch}"
+    if rules.get("max_best_loss") is not None and best > rules["max_best_loss"]:
+        return f"best train loss {best:.4g} > {rules['max_best_loss']} at epoch {epoch}"
+    if rules.get("patience_epoch") is not None and epoch >= rules["patience_epoch"] and best > rules["patience_loss"]:
+        return f"best train loss {best:.4g} still > {rules['patience_loss']} after epoch {epoch}"
     return None
 
 
@@ -222,7 +229,8 @@ class Search:
         values = suggest(trial, self.space)
         cfg = self.config(values, seed=0, group=TRIAL_GROUP)
         trial.set_user_attr("run_dir", run_dir_for(cfg).relative_to(self.results).as_posix())
-        rules, last_epoch = cfg.dataset.prune, _trained_epochs(cfg)
+        rules = get_workload(self.dataset).tuning_exits if self.protocol.exits else None
+        last_epoch = _trained_epochs(cfg)
         best = math.inf
 
         def on_epoch(epoch: int, loss: float) -> None:
@@ -239,9 +247,7 @@ class Search:
         print(f"[tune] {self.study.study_name}: trial {trial.number} {values}", flush=True)
         try:
             summary = train(cfg, on_epoch=on_epoch)
-        except RuntimeError as err:  # the same settings are running in another worker right now
-            if "in use by" not in str(err):
-                raise
+        except RunInUse:  # the same settings are running in another worker right now
             trial.set_user_attr("status", "duplicate of a running trial")
             self.study.tell(trial, state=TrialState.FAIL)
             return "duplicate"
@@ -279,23 +285,19 @@ class Search:
         """Seed 0 of the winner is the winning trial itself: copy its finished run into `final`."""
         source = run_dir_for(self.config(self.best().params, seed=0, group=TRIAL_GROUP))
         target = run_dir_for(cfg)
-        if (target / "summary.json").exists() or not (source / "summary.json").exists():
+        summary = read_summary(source)
+        if read_summary(target) is not None or summary is None:
             return False
         target.mkdir(parents=True, exist_ok=True)
         for name in ("config.yaml", "metrics.csv", "reconstructions.npz"):
             if (source / name).exists():
                 shutil.copy2(source / name, target / name)
-        summary = json.loads((source / "summary.json").read_text())
         summary.update(run_dir=target.relative_to(self.results).as_posix(), copied_from=summary["run_dir"])
         atomic_write_json(target / "summary.json", summary)  # last: it marks the run as done
         return True
 
     def seed_statuses(self) -> list[str | None]:
-        out = []
-        for cfg in self.seed_configs():
-            path = run_dir_for(cfg) / "summary.json"
-            out.append(json.loads(path.read_text()).get("status") if path.exists() else None)
-        return out
+        return [(read_summary(run_dir_for(cfg)) or {}).get("status") for cfg in self.seed_configs()]
 
     # -- one unit of work
     def step(self) -> str:
@@ -313,15 +315,12 @@ class Search:
         for cfg in self.seed_configs():
             if cfg.seed == 0 and self._promote_winner(cfg):
                 return "seed"
-            path = run_dir_for(cfg) / "summary.json"
-            status = json.loads(path.read_text()).get("status") if path.exists() else None
+            status = (read_summary(run_dir_for(cfg)) or {}).get("status")
             if status in SEED_DONE:
                 continue
             try:
                 train(cfg)
-            except RuntimeError as err:  # another worker holds this run: leave it to them
-                if "in use by" not in str(err):
-                    raise
+            except RunInUse:  # another worker holds this run: leave it to them
                 continue
             return "seed"
         if any(s not in SEED_DONE for s in self.seed_statuses()):
@@ -351,10 +350,7 @@ class Search:
                                        if str(t.user_attrs.get("reason", "")).startswith("notebook exit")])
         counts["failed"] = len([t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs])
         counts["retried"] = len([t for t in self.trials() if "retry_of" in t.user_attrs])
-        seeds = []
-        for cfg in self.seed_configs():
-            summary = json.loads((run_dir_for(cfg) / "summary.json").read_text())
-            seeds.append(summary)
+        seeds = [read_summary(run_dir_for(cfg)) for cfg in self.seed_configs()]
         primary = seeds[0]["primary_metric"]
         validation = {"seeds": [int(s["seed"]) for s in seeds], "statuses": [s["status"] for s in seeds],
                       "runs": [s["run_dir"] for s in seeds]}
@@ -372,7 +368,7 @@ class Search:
             "trials": counts,
             "sampler": f"optuna TPE (seed {p.sampler_seed}, {p.startup_trials} random start-up trials, multivariate)",
             "pruner": (f"successive halving (min {p.min_resource} epochs, reduction factor {p.reduction_factor}) on the "
-                       "running train loss; the notebook's exits (dataset.prune)"),
+                       "running train loss" + ("; the notebook's exits" if p.exits else "")),
             "trial_run": (f"{cfg.dataset.name} n_train={cfg.dataset.n_train or 'all'}, batch {cfg.batch_size}, "
                           f"{cfg.schedule.name} schedule over {cfg.epochs} epochs "
                           f"({_trained_epochs(cfg)} trained), full evaluation every {p.eval_every} epochs"),
@@ -476,6 +472,8 @@ def protocol_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-resource", type=int, default=defaults.min_resource, help="first rung (epochs)")
     parser.add_argument("--reduction-factor", type=int, default=defaults.reduction_factor)
     parser.add_argument("--startup-trials", type=int, default=defaults.startup_trials)
+    parser.add_argument("--no-exits", dest="exits", action="store_false", help="do not end trials by the "
+                        "notebook's exits (loss > 1000, best > 600, best > 350 after epoch 12)")
     parser.add_argument("--results", default="results")
     parser.add_argument("--tuned-dir", default="results/tuned")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the work (one per core at most)")
@@ -485,7 +483,7 @@ def protocol_args(parser: argparse.ArgumentParser) -> None:
 
 def protocol_from(args: argparse.Namespace) -> Protocol:
     return Protocol(trials=args.trials, seeds=args.seeds, eval_every=args.eval_every, min_resource=args.min_resource,
-                    reduction_factor=args.reduction_factor, startup_trials=args.startup_trials,
+                    reduction_factor=args.reduction_factor, startup_trials=args.startup_trials, exits=args.exits,
                     overrides=list(args.overrides))
 
 
@@ -493,7 +491,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--optimizer", required=True)
+    parser.add_argument("--optimizer", required=True, help="an optimizer with configs/sweep/<name>.yaml, or "
+                        "'paper' for the nine the LocoProp paper compares")
     parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite under <results>/tuning/)")
     parser.add_argument("--export-as", default=None, help="data set the tuned config is for, when the search ran on "
                         "a stand-in (e.g. search curves_synth, export as curves); recorded in the provenance")
@@ -504,15 +503,18 @@ def main(argv: list[str] | None = None) -> Path | None:
         import torch
         torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    search = Search(args.dataset, args.optimizer, args.results, protocol_from(args), storage=args.storage,
-                    tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note)
+    names = paper_optimizers() if args.optimizer == "paper" else [args.optimizer]
+    if args.storage and len(names) > 1:
+        raise SystemExit("--storage names one study: give one --optimizer with it")
+    searches = [Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
+                       tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note) for name in names]
     children = spawn_workers(argv, args.workers) if args.workers > 1 else []
     try:
-        work([search])
+        work(searches)
     finally:
         for child in children:
             child.wait()
-    return search.tuned_path if search.tuned_path.exists() else None
+    return searches[-1].tuned_path if searches[-1].tuned_path.exists() else None
 
 
 if __name__ == "__main__":

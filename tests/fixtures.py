@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.tracking import atomic_write_json, atomic_write_text, metrics_csv_text
+from benchmarks.rundir import atomic_write_json, atomic_write_text
+from benchmarks.tracking import metrics_csv_text
 
 GROUP = "default"
 STEPS_PER_EPOCH = 10
@@ -69,13 +70,14 @@ def _summary(rows: list[dict], status: str, primary: str, extra: dict) -> dict:
     return summary
 
 
-def write_run(results: Path, dataset: str, optimizer: str, seed: int, losses: list[float]) -> Path:
-    run_dir = results / "runs" / GROUP / dataset / optimizer / f"seed{seed}-0000abcd"
+def write_run(results: Path, dataset: str, optimizer: str, seed: int, losses: list[float], lr: float = 0.01) -> Path:
+    tag = "0000abcd" if lr == 0.01 else f"{abs(hash(lr)) % 16**8:08x}"
+    run_dir = results / "runs" / GROUP / dataset / optimizer / f"seed{seed}-{tag}"
     rows = _rows(dataset, optimizer, seed, losses)
     status = "finished" if all(math.isfinite(v) for v in losses) else "diverged"
     primary = "train_se" if dataset in GAUSSIAN else "train_ce"
     config = (f"seed: {seed}\nepochs: 4\nbatch_size: 100\ngroup: {GROUP}\ndataset:\n  name: {dataset}\n"
-              f"optimizer:\n  name: {optimizer}\n  lr: 0.01\n  betas: [0.9, 0.999]\n")
+              f"optimizer:\n  name: {optimizer}\n  lr: {lr}\n  betas: [0.9, 0.999]\n")
     atomic_write_text(run_dir / "config.yaml", config)
     atomic_write_text(run_dir / "metrics.csv", metrics_csv_text(rows))
     atomic_write_json(run_dir / "summary.json", _summary(rows, status, primary, {

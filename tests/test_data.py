@@ -14,7 +14,8 @@ import scipy.io
 import torch
 
 from benchmarks import data, synth
-from benchmarks.data import DataError, load_dataset
+from benchmarks.data import DataError
+from benchmarks.workloads import WORKLOADS, load_dataset
 
 
 def _shared() -> Path:
@@ -206,8 +207,14 @@ def test_load_faces(tmp_path, small_faces):
     ds = load_dataset("faces", root=str(tmp_path))
     columns = torch.from_numpy(small_faces["newfaces_single"]).float()
     assert ds.loss_kind == "gaussian" and ds.image_shape == (25, 25)
-    torch.testing.assert_close(ds.train, columns[:, :7].T)  # first columns
-    torch.testing.assert_close(ds.test, columns[:, -3:].T)  # last columns
+    # MATLAB stores image j column by column: pixel (row r, column c) is entry c * 25 + r of column j;
+    # the loaded rows are row-major images (entry r * 25 + c), like every other data set's
+    def row_major(cols):
+        return cols.T.reshape(-1, 25, 25).transpose(1, 2).reshape(-1, 625)
+
+    torch.testing.assert_close(ds.train, row_major(columns[:, :7]))  # first columns
+    torch.testing.assert_close(ds.test, row_major(columns[:, -3:]))  # last columns
+    assert ds.train[2, 3 * 25 + 5] == columns[5 * 25 + 3, 2]
     assert ds.train.is_contiguous()
 
 
@@ -299,7 +306,8 @@ def test_default_root(tmp_path, monkeypatch):
     (tmp_path / "data" / "curves").mkdir(parents=True)
     assert data.default_root("curves") == tmp_path / "data" / "curves"  # the shared copy when present
     assert data.default_root("faces") == Path("data") / "faces"  # else ./data/<name>
-    assert data.default_root("faces_synth") == tmp_path / "data" / "olivetti"
+    (tmp_path / "data" / "olivetti").mkdir(parents=True)
+    assert WORKLOADS["faces_synth"].default_root() == tmp_path / "data" / "olivetti"
 
 
 def test_unknown_dataset():

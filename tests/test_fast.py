@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 
-from baselines.factory import make_optimizer, make_step
+from benchmarks.optimizers import make_optimizer, make_step
 from benchmarks.fast import CudaGraphStep, compiled_step
 from benchmarks.models import build_autoencoder
 
-RMSPROP_TF1 = {"name": "rmsprop_tf1", "lr": 1e-3, "momentum": 0.9, "decay": 0.9, "eps": 1e-5}
+RMSPROP_TF1 = {"_target_": "locoprop.RMSpropTF1", "lr": 1e-3, "momentum": 0.9, "decay": 0.9, "eps": 1e-5}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -30,7 +30,7 @@ def test_compiled_step_equals_eager_step():
 
 
 @needs_cuda
-@pytest.mark.parametrize("cfg", [RMSPROP_TF1, {"name": "locoprop_m", "lr": 1e-4}])
+@pytest.mark.parametrize("cfg", [RMSPROP_TF1, {"_target_": "locoprop.LocoProp", "lr": 1e-4}])
 def test_cuda_graph_step_equals_eager_step_across_lr_changes(cfg):
     (m1, o1), (m2, o2) = _pair("cuda", cfg)
     eager, graphed = make_step(m1, o1), CudaGraphStep(make_step(m2, o2), o2)

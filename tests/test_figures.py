@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from scripts import figures
-from scripts.results_io import load_runs
+from benchmarks.results import load_runs
 from tests.fixtures import make_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,11 +57,12 @@ def test_pdf_metadata_and_provenance_name_the_commit_and_runs(drawn):
     assert set(info["figures"]) == set(FIGURES)
     assert info["provenance"]["devices"] == ["cpu (2 threads)"]
     assert {"torch", "numpy", "pandas", "matplotlib"} <= set(info["provenance"]["versions"])
-    diverged = str(results / "runs/default/faces_synth/sgd/seed1-0000abcd")
+    diverged = "runs/default/faces_synth/sgd/seed1-0000abcd"  # paths relative to the results folder
     assert diverged in info["figures"]["faces_synth_train_vs_epoch"]["runs"]
     assert info["runs"][diverged]["status"] == "diverged"
     assert info["runs"][diverged]["config"]["optimizer"]["lr"] == 0.01
     assert len(info["runs"]) == 12  # the broken and the unfinished run are not used
+    assert not any(str(results) in path for path in info["runs"])  # no machine paths in a committed report
 
 
 def test_broken_run_is_skipped_with_a_warning(drawn):
@@ -97,13 +98,63 @@ def test_partial_results_one_dataset_all_seeds_diverged(tmp_path):
     assert figures.final_scores(runs).loc["faces_synth"].to_dict() == {"adam": 30.0, "sgd": np.inf}
     built = [figures.curve_figure("faces_synth", runs, metrics, "train_se", "wallclock_s"),
              figures.overview_figure(runs, metrics), figures.step_time_figure(runs),
-             figures.reconstruction_figure("faces_synth", runs), figures.profile_figure(runs)]
+             figures.reconstruction_figure("faces_synth", runs)]
+    assert figures.profile_figure(runs) == (None, [])  # one dataset: a profile would be degenerate
     for fig, drawn_runs in built:
         fig.canvas.draw()  # render (no file): catches e.g. log axes without finite data
         assert drawn_runs
         plt.close(fig)
     legend = [t.get_text() for t in built[0][0].axes[0].get_legend().get_texts()]
     assert "SGD (diverged 2/2)" in legend
+
+
+def test_one_dataset_profile_is_not_drawn_and_says_why(tmp_path, capsys):
+    from tests.fixtures import write_run
+
+    write_run(tmp_path, "curves_synth", "adam", 0, [100, 50, 30])
+    runs, _ = load_runs(tmp_path, "default")
+    assert figures.profile_figure(runs) == (None, [])
+    assert "needs at least two datasets" in capsys.readouterr().err
+
+
+def test_axes_are_honest_log_ticks_units_integer_epochs_linear_step_time(tmp_path):
+    """Loss axes: labelled ticks across the plotted range and units; epochs as integers; the
+    step-time bars on a linear axis from zero (a log axis made 107 vs 129 ms look like 1:10)."""
+    from tests.fixtures import write_run
+
+    write_run(tmp_path, "curves_synth", "adam", 0, [545, 300, 200, 150, 136])
+    write_run(tmp_path, "curves_synth", "sgd", 0, [545, 400, 300, 250, 210])
+    runs, metrics = load_runs(tmp_path, "default")
+    fig, _ = figures.curve_figure("curves_synth", runs, metrics, "train_ce", "epoch")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert len(ticks) >= 3 and min(ticks) <= 150 and max(ticks) >= 500  # labelled across 136..545
+    assert all(label.replace(".", "").isdigit() for label in labels)  # plain numbers, no 10^x
+    assert "nats, summed over pixels" in ax.get_ylabel()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)
+    fig, _ = figures.step_time_figure(runs)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    plt.close(fig)
+
+
+def test_a_sweep_draws_one_line_per_configuration(tmp_path):
+    from tests.fixtures import write_run
+
+    for lr, losses in ((0.01, [100, 50, 30]), (0.1, [100, 60, 40])):
+        for seed in (0, 1):
+            write_run(tmp_path, "curves_synth", "adam", seed, losses, lr=lr)
+    runs, metrics = load_runs(tmp_path, "default")
+    fig, drawn = figures.curve_figure("curves_synth", runs, metrics, "train_ce", "epoch")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["Adam lr=0.01", "Adam lr=0.1"] and len(drawn) == 4
+    means = sorted(line.get_ydata()[-1] for line in fig.axes[0].get_lines())
+    assert means == [30, 40]  # each configuration's own mean, never pooled across learning rates
+    plt.close(fig)
 
 
 def test_styles_are_fixed_distinct_and_locoprop_stands_out():

@@ -14,9 +14,9 @@ import torch
 import yaml
 from torch import nn
 
-from baselines.kfac import KFAC, _transfer_jvp, levenberg_marquardt
+from baselines.kfac import KFAC, levenberg_marquardt
 from benchmarks.models import build_autoencoder
-from locoprop.transfer import apply_transfer
+from locoprop.transfer import get_transfer
 
 SIZES = [6, 5, 3, 5, 6]
 N = 12
@@ -323,9 +323,9 @@ def test_adaptive_lr_without_momentum_chooses_alpha_alone():
 def test_transfer_jvp_matches_autograd(name):
     a = torch.randn(4, 5, dtype=torch.float64)
     t = torch.randn(3, 4, 5, dtype=torch.float64)  # several stacked directions
-    f = lambda z: apply_transfer(name, z)  # noqa: E731
+    f = get_transfer(name).f
     want = torch.stack([torch.autograd.functional.jvp(f, a, ti)[1] for ti in t])
-    torch.testing.assert_close(_transfer_jvp(name, f(a), t), want)
+    torch.testing.assert_close(get_transfer(name).jvp(f(a), t), want)
 
 
 def test_fixed_lr_momentum_mode():
@@ -434,6 +434,9 @@ def test_constructor_validation_and_config():
         KFAC(tiny("bernoulli"), loss="gaussian")
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/optimizer/kfac.yaml").read_text())
     assert cfg.pop("name") == "kfac" and "loss" not in cfg
+    assert cfg.pop("_target_") == "baselines.kfac.KFAC"
+    for key in ("label", "family", "paper"):  # read by the harness, not passed to the class
+        cfg.pop(key)
     assert cfg["damping"] == 150.0 and cfg["inverse_update_period"] == 10 and cfg["factor_decay"] == 0.95
     model = tiny()
     opt = KFAC(model, loss=model.loss_kind, **cfg)

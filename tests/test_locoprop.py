@@ -1,5 +1,5 @@
 """LocoProp optimizer: the back-prop identity, the proximal closed form, the official semantics
-against a slow re-implementation, parallel = per-layer, checkpoints and user models."""
+against a slow re-implementation, fused = per-layer, checkpoints and user models."""
 import copy
 import io
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.rmsprop_tf1 import RMSpropTF1
+from locoprop import RMSpropTF1
 from benchmarks.models import build_autoencoder
 from locoprop import LocoProp, forward_record, linear_chain
 from locoprop.losses import bernoulli_nll
@@ -32,10 +32,10 @@ def _assert_params_close(a, b, **tol):
         torch.testing.assert_close(p, q, **tol)
 
 
-# ---------------------------------------------------------------- key property (REFERENCE 1.5)
+# ---------------------------------------------------------------- key property (docs/method.md)
 @pytest.mark.parametrize("variant", ["S", "M"])
-@pytest.mark.parametrize("parallel", [True, False])
-def test_first_inner_sgd_step_is_backprop_step(variant, parallel):
+@pytest.mark.parametrize("fused", [True, False])
+def test_first_inner_sgd_step_is_backprop_step(variant, fused):
     """At W = W_t the local gradient is gamma * dL/dW, so one inner SGD step at lr eta equals
     one back-prop SGD step at lr eta * gamma, on every layer."""
     eta, gamma = 0.05, 3.0
@@ -44,7 +44,7 @@ def test_first_inner_sgd_step_is_backprop_step(variant, parallel):
     x = _data()
 
     opt = LocoProp(model, lr=eta, gamma=gamma, inner_steps=1, variant=variant,
-                   inner_optimizer=torch.optim.SGD, parallel=parallel)
+                   inner_optimizer=torch.optim.SGD, fused=fused)
     opt.step(x, x)
 
     reference.loss(x).backward()
@@ -95,7 +95,7 @@ def test_proximal_s_converges_to_closed_form():
 
 # ---------------------------------------------------------------- official semantics
 def _reference_locoprop(weights, X, lrs, variant, gamma=10.0, T=10, transfers=None):
-    """A slow, explicit float64 LocoProp (REFERENCE.md section 1) in numpy.
+    """A slow, explicit float64 LocoProp (docs/method.md) in numpy.
 
     weights: list of (W, b) numpy arrays; transfers: per layer 'tanh' | 'identity' | 'sigmoid'.
     Loss: Bernoulli cross-entropy from the last pre-activation, summed over pixels, averaged
@@ -143,18 +143,18 @@ def _reference_locoprop(weights, X, lrs, variant, gamma=10.0, T=10, transfers=No
 
 
 @pytest.mark.parametrize("variant", ["M", "S"])
-@pytest.mark.parametrize("parallel", [True, False])
-def test_matches_slow_reference_with_tf1_rmsprop(variant, parallel):
+@pytest.mark.parametrize("fused", [True, False])
+def test_matches_slow_reference_with_tf1_rmsprop(variant, fused):
     model = _autoencoder(sizes=(7, 5, 3, 5, 7), seed=5)
     x = _data(n=6, d=7, seed=6)
     layers = linear_chain(model)
-    transfers = [layer.transfer for layer in layers]
+    transfers = [layer.transfer.name for layer in layers]
     assert transfers == ["tanh", "identity", "tanh", "sigmoid"]
     weights = [(l.linear.weight.detach().numpy().copy(), l.linear.bias.detach().numpy().copy()) for l in layers]
     lrs = [3e-3, 1e-2, 0.0, 5e-3]  # changing outer lr, including a momentum-only step at lr 0
     expected = _reference_locoprop(weights, x.numpy(), lrs, variant, transfers=transfers)
 
-    opt = LocoProp(model, lr=lrs[0], variant=variant, parallel=parallel)  # official defaults otherwise
+    opt = LocoProp(model, lr=lrs[0], variant=variant, fused=fused)  # official defaults otherwise
     for lr, want in zip(lrs, expected):
         opt.param_groups[0]["lr"] = lr
         opt.step(x, x)
@@ -165,12 +165,12 @@ def test_matches_slow_reference_with_tf1_rmsprop(variant, parallel):
 # ---------------------------------------------------------------- fast path = plain loop
 @pytest.mark.parametrize("variant", ["S", "M"])
 @pytest.mark.parametrize("options", [{}, {"eta": 0.3, "reduction": "mean"}, {"inner_steps": 1}])
-def test_parallel_equals_per_layer_loop(variant, options):
+def test_fused_equals_per_layer_loop(variant, options):
     model = _autoencoder(sizes=(40, 24, 16, 8, 16, 24, 40), dtype=torch.float32, seed=7)
     twin = copy.deepcopy(model)
     x = (torch.rand(32, 40, generator=torch.Generator().manual_seed(8)) < 0.4).float()
-    fast = LocoProp(model, lr=1e-3, variant=variant, parallel=True, **options)
-    slow = LocoProp(twin, lr=1e-3, variant=variant, parallel=False, **options)
+    fast = LocoProp(model, lr=1e-3, variant=variant, fused=True, **options)
+    slow = LocoProp(twin, lr=1e-3, variant=variant, fused=False, **options)
     for _ in range(4):
         loss_fast, loss_slow = fast.step(x, x), slow.step(x, x)
         torch.testing.assert_close(loss_fast, loss_slow, rtol=1e-5, atol=1e-5)
@@ -191,8 +191,8 @@ def test_step_returns_loss_before_update_and_training_progresses():
 
 
 # ---------------------------------------------------------------- checkpoints
-@pytest.mark.parametrize("load_parallel", [True, False])
-def test_state_dict_round_trip_continues_identically(load_parallel):
+@pytest.mark.parametrize("load_fused", [True, False])
+def test_state_dict_round_trip_continues_identically(load_fused):
     model = _autoencoder(seed=9)
     x = _data(seed=10)
     opt = LocoProp(model, lr=1e-2)
@@ -207,7 +207,7 @@ def test_state_dict_round_trip_continues_identically(load_parallel):
     saved = torch.load(buffer)
     restored = _autoencoder(seed=123)  # different initial weights, overwritten below
     restored.load_state_dict(saved["model"])
-    opt2 = LocoProp(restored, lr=0.5, parallel=load_parallel)  # lr comes back from the checkpoint
+    opt2 = LocoProp(restored, lr=0.5, fused=load_fused)  # lr comes back from the checkpoint
     opt2.load_state_dict(saved["opt"])
     assert opt2.param_groups[0]["lr"] == 1e-2
     for _ in range(3):
@@ -304,7 +304,7 @@ def test_defaults_are_the_official_ones():
     group = opt.param_groups[0]
     assert (group["lr"], group["gamma"], group["inner_steps"], group["eta"], group["min_inner_lr_factor"]) == \
         (1e-5, 10.0, 10, None, 0.25)
-    assert opt.variant == "M" and opt.reduction == "sum" and opt.parallel
+    assert opt.variant == "M" and opt.reduction == "sum" and opt.fused
     (inner,) = opt._inner
     assert isinstance(inner, RMSpropTF1)
     assert {k: inner.defaults[k] for k in ("momentum", "decay", "eps", "initial_ms")} == \

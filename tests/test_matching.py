@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from locoprop import matching_grad, matching_loss
-from locoprop.transfer import apply_transfer
+from locoprop.transfer import get_transfer
 
 TRANSFERS = ["identity", "tanh", "sigmoid", "relu", "softmax"]
 
@@ -14,7 +14,7 @@ def _random_pair(name, shape=(7, 5), scale=3.0, seed=0):
     """A pre-activation `a` and a target `y` inside the range of f (float64)."""
     g = torch.Generator().manual_seed(seed)
     a = scale * torch.randn(shape, generator=g, dtype=torch.float64)
-    y = apply_transfer(name, scale * torch.randn(shape, generator=g, dtype=torch.float64))
+    y = get_transfer(name).f(scale * torch.randn(shape, generator=g, dtype=torch.float64))
     return a, y
 
 
@@ -25,14 +25,14 @@ def test_nonnegative_and_gradient(name):
     loss = matching_loss(name, a, y)
     assert loss.item() > 0.0
     (grad,) = torch.autograd.grad(loss, a)
-    torch.testing.assert_close(grad, apply_transfer(name, a.detach()) - y, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(matching_grad(name, a.detach(), y), apply_transfer(name, a.detach()) - y)
+    torch.testing.assert_close(grad, get_transfer(name).f(a.detach()) - y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(matching_grad(name, a.detach(), y), get_transfer(name).f(a.detach()) - y)
 
 
 @pytest.mark.parametrize("name", TRANSFERS)
 def test_zero_at_target(name):
     a, _ = _random_pair(name, seed=1)
-    y = apply_transfer(name, a)  # a is a preimage of y
+    y = get_transfer(name).f(a)  # a is a preimage of y
     assert abs(matching_loss(name, a, y).item()) < 1e-12
     # and strictly positive once a moves (relu: move it into the positive part)
     moved = a.abs() + 0.5 if name == "relu" else a + 0.5 * torch.randn_like(a)
@@ -57,7 +57,7 @@ def test_equals_bregman_definition(name):
     g = torch.Generator().manual_seed(2)
     a = 2.0 * torch.randn(6, 4, generator=g, dtype=torch.float64)
     a_hat = 2.0 * torch.randn(6, 4, generator=g, dtype=torch.float64)
-    y = apply_transfer(name, a_hat)
+    y = get_transfer(name).f(a_hat)
     expected = (F(a) - F(a_hat) - y * (a - a_hat)).sum()
     torch.testing.assert_close(matching_loss(name, a, y), expected, rtol=1e-10, atol=1e-12)
 
@@ -86,7 +86,7 @@ def test_stable_at_saturation(dtype):
             (grad,) = torch.autograd.grad(loss, a)
             assert torch.isfinite(loss) and torch.isfinite(grad).all(), (name, y_value)
             assert loss.item() >= 0.0
-            torch.testing.assert_close(grad, apply_transfer(name, a.detach()) - y, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grad, get_transfer(name).f(a.detach()) - y, rtol=1e-5, atol=1e-6)
     # a saturated sigmoid with the matching target at the end of the range costs ~ nothing
     big = torch.tensor([60.0], dtype=dtype)
     assert matching_loss("sigmoid", big, torch.ones_like(big)).item() < 1e-20

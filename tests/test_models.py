@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.models import ARCHITECTURES, Autoencoder, build_autoencoder, scale_sizes
+from benchmarks.models import Autoencoder, build_autoencoder, scale_sizes
+from benchmarks.workloads import WORKLOADS
 from locoprop.chain import forward_record, linear_chain
 from locoprop.losses import bernoulli_nll, gaussian_nll, resolve_loss, squared_error
 
@@ -13,10 +14,10 @@ from locoprop.losses import bernoulli_nll, gaussian_nll, resolve_loss, squared_e
 @pytest.mark.parametrize("name", ["mnist", "faces", "curves"])
 def test_layer_sizes_and_transfers(name):
     model = build_autoencoder(name)
-    sizes = ARCHITECTURES[name]
+    sizes = list(WORKLOADS[name].sizes)
     linears = model.linears()
     assert [(m.in_features, m.out_features) for m in linears] == list(zip(sizes[:-1], sizes[1:]))
-    transfers = [layer.transfer for layer in linear_chain(model)]
+    transfers = [layer.transfer.name for layer in linear_chain(model)]
     code = sizes.index(min(sizes)) - 1  # the bottleneck layer is linear
     expected = ["tanh"] * len(linears)
     expected[code] = "identity"
@@ -27,10 +28,10 @@ def test_layer_sizes_and_transfers(name):
 
 def test_multipliers_follow_the_official_code():
     # notebook: encoder [1000] + [500]*depth + [250, 30], decoder mirrored, all times width
-    assert scale_sizes(ARCHITECTURES["mnist"], 2, 3) == [784, 2000, 1000, 1000, 1000, 500, 60, 500, 1000, 1000, 1000, 2000, 784]
-    assert scale_sizes(ARCHITECTURES["mnist"]) == ARCHITECTURES["mnist"]
+    assert scale_sizes(list(WORKLOADS["mnist"].sizes), 2, 3) == [784, 2000, 1000, 1000, 1000, 500, 60, 500, 1000, 1000, 1000, 2000, 784]
+    assert scale_sizes(list(WORKLOADS["mnist"].sizes)) == list(WORKLOADS["mnist"].sizes)
     with pytest.raises(ValueError, match="multipliers"):
-        scale_sizes(ARCHITECTURES["mnist"], 0, 1)
+        scale_sizes(list(WORKLOADS["mnist"].sizes), 0, 1)
 
 
 def test_glorot_uniform_limits_for_weights_and_biases():
@@ -87,7 +88,7 @@ def test_forward_record_matches_forward_and_gives_preactivation_grads():
         a = layer.linear(h)
         a.retain_grad()
         pres.append(a)
-        h = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda t: t}[layer.transfer](a)
+        h = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "identity": lambda t: t}[layer.transfer.name](a)
     model.loss_from_logits(pres[-1], x).backward()
     for g, a in zip(grads, pres):
         assert torch.allclose(g, a.grad)
@@ -101,11 +102,11 @@ def test_linear_chain_rejects_unsupported_layers():
         linear_chain(nn.Sequential(nn.Tanh(), nn.Linear(3, 3)))
     with pytest.raises(TypeError):
         linear_chain(nn.Linear(3, 3))
-    assert [l.transfer for l in linear_chain(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.ReLU()))] == ["identity", "relu"]
+    assert [l.transfer.name for l in linear_chain(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.ReLU()))] == ["identity", "relu"]
 
 
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="unknown transfer"):
         Autoencoder([4, 2, 4], activation="swish")
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(ValueError, match="unknown dataset"):
         build_autoencoder("cifar")

@@ -6,18 +6,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from baselines.factory import make_optimizer, make_step
+from benchmarks.optimizers import make_optimizer, make_step, optimizer_info
 from benchmarks.config import CONFIG_DIR, compose_config
 from benchmarks.models import build_autoencoder
 from benchmarks.tracking import METRIC_COLUMNS
-from benchmarks.train import RunLock, run_dir_for, run_id_for, train
+from benchmarks.rundir import RunLock, run_dir_for, run_id_for
+from benchmarks.train import train
 
 DATASETS = ["mnist", "faces", "curves", "curves_synth", "faces_synth"]
 OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 FIRST_ORDER = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "rmsprop_tf1", "adagrad_tf1", "adam_tf1"]
 TINY = ["dataset=curves_synth", "dataset.n_train=300", "dataset.n_test=100", "batch_size=100",
-        "model.sizes=[784,32,8,32,784]", "logger=disabled", "progress=false", "warmup_steps=1"]
+        "model.sizes=[784,32,8,32,784]", "logger=disabled", "progress=false", "throwaway_steps=1"]
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -39,11 +41,16 @@ def test_every_dataset_and_optimizer_config_composes(dataset, optimizer):
 
 
 def test_unknown_optimizer_and_bad_hyper_parameter_are_named():
+    with pytest.raises(ValueError, match="no optimizer config 'adamw2'.*choose one of: adagrad"):
+        compose_config(["optimizer=adamw2"])
     model = build_autoencoder(sizes=[6, 4, 2, 4, 6])
     with pytest.raises(ValueError, match="unknown optimizer 'adamw2'"):
-        make_optimizer(model, {"name": "adamw2"})
-    with pytest.raises(ValueError, match="bad hyper-parameters for optimizer 'adam'"):
-        make_optimizer(model, {"name": "adam", "lr": 1e-3, "momentum": 0.9})
+        optimizer_info("adamw2")
+    adam = OmegaConf.to_container(compose_config(["optimizer=adam", "+optimizer.momentum=0.9"]).optimizer)
+    with pytest.raises(ValueError, match="bad hyper-parameters for optimizer 'adam'.*momentum"):
+        make_optimizer(model, adam)
+    with pytest.raises(ValueError, match="names no class"):
+        make_optimizer(model, {"name": "adam", "lr": 1e-3})
 
 
 def test_end_to_end_run_writes_tables(tmp_path):
@@ -178,7 +185,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["locoprop_m", "locoprop_s", "kfac", "shampoo"])
 def test_model_aware_and_second_order_optimizers_run_end_to_end(tmp_path, optimizer):
-    cfg = tiny_cfg(tmp_path, f"optimizer={optimizer}", "epochs=2", "schedule=constant", "warmup_steps=2")
+    cfg = tiny_cfg(tmp_path, f"optimizer={optimizer}", "epochs=2", "schedule=constant", "throwaway_steps=2")
     summary = train(cfg)
     assert summary["status"] == "finished", summary["reason"]
     metrics = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
@@ -188,8 +195,6 @@ def test_model_aware_and_second_order_optimizers_run_end_to_end(tmp_path, optimi
 @pytest.mark.parametrize("optimizer", ["locoprop_m", "kfac"])
 def test_model_aware_optimizers_survive_deepcopy(optimizer):
     import copy
-
-    from omegaconf import OmegaConf
 
     torch.manual_seed(0)
     model = build_autoencoder(sizes=[6, 4, 2, 4, 6]).double()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.adagrad_tf1 import AdagradTF1
-from baselines.adam_tf1 import AdamTF1
-from baselines.rmsprop_tf1 import RMSpropTF1
+from locoprop import AdagradTF1
+from locoprop import AdamTF1
+from locoprop import RMSpropTF1
 
 LRS = [0.1, 0.05, 0.0, 0.02]  # a changing lr, including a step at lr 0
 

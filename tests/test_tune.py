@@ -1,6 +1,7 @@
 """The tuning protocol: persistent studies that survive kills, pruning, shared workers, export."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,12 +17,14 @@ import yaml
 from optuna.trial import TrialState
 
 from benchmarks.config import compose_config
-from benchmarks.train import run_dir_for, train
+from benchmarks.rundir import run_dir_for
+from benchmarks.train import train
+from benchmarks.workloads import WORKLOADS
 from scripts.tune import Protocol, Search, overrides_for
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-        "epochs=8", "warmup_steps=0"]
+        "epochs=8", "throwaway_steps=0"]
 COLUMNS = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
 
 
@@ -58,8 +61,11 @@ def test_pruned_trial_is_recorded_as_pruned_and_its_run_says_so(tmp_path):
     assert metrics.train_ce.isna().tolist() == [False, True, False, True, False, True, False, False]
 
 
-def test_notebook_exit_and_divergence_count_as_pruned(tmp_path):
-    search = tiny_search(tmp_path, trials=2, overrides=[*TINY, "dataset.prune.max_best_loss=1"])
+def test_notebook_exit_and_divergence_count_as_pruned(tmp_path, monkeypatch):
+    workload = WORKLOADS["curves_synth"]
+    exits = {**workload.tuning_exits, "max_best_loss": 1.0}
+    monkeypatch.setitem(WORKLOADS, "curves_synth", dataclasses.replace(workload, tuning_exits=exits))
+    search = tiny_search(tmp_path, trials=2)
     search.study.enqueue_trial({"optimizer.lr": 0.05})  # best > 1 at once: the notebook's exit
     search.study.enqueue_trial({"optimizer.lr": 0.3})
     search.step(), search.step()
@@ -108,7 +114,7 @@ def _tune_cli(tmp_path, *extra, trials=3, epochs=30):
             "--trials", str(trials), "--seeds", "1", "--eval-every", "5", "--min-resource", "100",
             "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), *extra, "--",
             "dataset.n_train=1000", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-            f"epochs={epochs}", "warmup_steps=0"]
+            f"epochs={epochs}", "throwaway_steps=0"]
 
 
 def _study(tmp_path) -> optuna.Study:
@@ -151,7 +157,7 @@ def test_killed_search_keeps_finished_trials_and_resumes_the_lost_one(tmp_path):
     cfg = compose_config(["dataset=curves_synth", "optimizer=sgd", *overrides_for(killed_run.params),
                           f"results_dir={tmp_path / 'clean'}", "logger=disabled", "progress=false", "eval_every=5",
                           "dataset.n_train=1000", "dataset.n_test=50", "batch_size=100",
-                          "model.sizes=[784,16,4,16,784]", "epochs=30", "warmup_steps=0"])
+                          "model.sizes=[784,16,4,16,784]", "epochs=30", "throwaway_steps=0"])
     train(cfg)
     clean = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
     pd.testing.assert_frame_equal(resumed[COLUMNS], clean[COLUMNS])

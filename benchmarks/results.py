@@ -1,9 +1,14 @@
-"""Read the run directories that `benchmarks.train` writes, for the figures and tables.
+"""Read the run directories that `benchmarks.train` writes: the one door through which reports see results.
 
 A run lives in `<results_dir>/runs/<group>/<dataset>/<optimizer>/<run_id>/` with `config.yaml`,
 `metrics.csv`, `summary.json` and `reconstructions.npz`. Only the local files are read (never
-W&B), so every figure and table can be traced back to a run directory. One unreadable run
-must never stop a report: it is skipped with a warning.
+W&B), so every figure and table can be traced back to a run directory. One unreadable run never
+stops a report: it is skipped with a warning.
+
+Runs are grouped by configuration, not only by optimizer: `config_id` hashes the training config
+without the seed, and `config_label` names what differs between the configurations of one
+optimizer (e.g. 'Adam lr=0.0003'), so a sweep over learning rates is never pooled as if it were
+seeds of one setting.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import importlib.metadata
 import json
 import math
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -23,19 +29,56 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.tracking import _json_safe, atomic_write_text
+from benchmarks.optimizers import label as optimizer_label
+from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, REPO_ROOT,
+                               atomic_write_json, atomic_write_text, config_hash, read_summary)
+from benchmarks.workloads import WORKLOADS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-GAUSSIAN_DATASETS = ("faces", "faces_synth")  # linear output, squared error: no cross-entropy
 HEALTHY = ("finished", "stopped")  # statuses whose numbers enter means and profiles
 LOSS_COLUMNS = ("train_loss", "train_ce", "test_ce", "train_se", "test_se")
 NUMERIC_METRICS = ("epoch", "lr") + LOSS_COLUMNS + ("wallclock_s", "epoch_time_s", "step_ms")
-RUN_KEYS = ("group", "dataset", "optimizer", "seed", "run_id")
+RUN_KEYS = ("group", "dataset", "optimizer", "config_id", "seed", "run_id")
+# keys of older run configs that never changed the trained numbers
+LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
+
+__all__ = ["HEALTHY", "architecture", "bench_tables", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
+           "read_summary", "primary_metric", "dataset_label", "is_gaussian", "load_reconstructions", "optimizer_label"]
 
 
 def primary_metric(dataset: str) -> str:
-    """The training loss the paper plots: cross-entropy, or squared error for FACES."""
-    return "train_se" if dataset in GAUSSIAN_DATASETS else "train_ce"
+    """The training loss the paper plots: cross-entropy, or squared error for linear outputs."""
+    workload = WORKLOADS.get(dataset)
+    return workload.primary_metric if workload else "train_ce"
+
+
+def dataset_label(dataset: str) -> str:
+    workload = WORKLOADS.get(dataset)
+    return workload.label if workload else dataset
+
+
+def is_gaussian(dataset: str) -> bool:
+    workload = WORKLOADS.get(dataset)
+    return workload is not None and workload.loss_kind == "gaussian"
+
+
+def architecture(dataset: str) -> str:
+    """The real data set whose autoencoder a workload trains (a stand-in borrows its counterpart's)."""
+    workload = WORKLOADS.get(dataset)
+    return workload.architecture if workload else dataset
+
+
+def bench_tables(results_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, table) of every speed-bench table under <results>/bench/ (see benchmarks.speed)."""
+    return [(path.name, json.loads(path.read_text())) for path in sorted(Path(results_dir, "bench").glob("*.json"))]
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write_text(path, text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Atomic JSON; inf becomes 'inf' and NaN null, as in summary.json."""
+    atomic_write_json(path, data)
 
 
 def _number(value: Any) -> Any:
@@ -64,18 +107,27 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {"value": config}
 
 
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The training config without the seed and the bookkeeping keys: what one configuration is."""
+    data = {k: v for k, v in config.items() if k not in (*BOOKKEEPING_KEYS, *LEGACY_BOOKKEEPING[""], "seed")}
+    for section, keys in (("dataset", (*BOOKKEEPING_DATASET_KEYS, *LEGACY_BOOKKEEPING["dataset"])),
+                          ("optimizer", BOOKKEEPING_OPTIMIZER_KEYS)):
+        if isinstance(data.get(section), dict):
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
+    return data
+
+
+def _read_run(run_dir: Path, results_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     """One run's summary row (summary + flattened config) and its metrics table."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     if not isinstance(summary, dict):
         raise ValueError("summary.json is not a JSON object")
-    config_path = run_dir / "config.yaml"
     config = read_config(run_dir)
     group, dataset, optimizer = run_dir.parts[-4:-1]
     row = {key: _number(value) for key, value in summary.items()}
     row.update(_flatten(config, "cfg"))
     row.update(group=group, run_id=run_dir.name, run_dir=str(run_dir),
-               config_path=str(config_path) if config_path.exists() else None)
+               run_path=run_dir.relative_to(results_dir).as_posix(), config_id=config_hash(settings(config)))
     for key, fallback in (("dataset", dataset), ("optimizer", optimizer), ("status", "unknown")):
         if not isinstance(row.get(key), str):
             row[key] = fallback
@@ -104,6 +156,38 @@ def find_run_dirs(results_dir: str | Path, group: str | None = None) -> list[Pat
     return sorted(p for p in base.glob(pattern) if p.is_dir())
 
 
+def _config_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run: the optimizer's label, plus the settings that differ between its configurations."""
+    labels = pd.Series(index=runs.index, dtype=object)
+    for (_, optimizer), own in runs.groupby(["dataset", "optimizer"]):
+        base = optimizer_label(optimizer)
+        cfg_columns = [c for c in own.columns if c.startswith("cfg.") and c != "cfg.seed"
+                       and not any(c.startswith(f"cfg.{k}") for k in (*BOOKKEEPING_KEYS, "warmup_steps"))]
+        firsts = own.drop_duplicates("config_id")
+        varying = [c for c in cfg_columns if firsts[c].astype(str).nunique() > 1]
+        for index, run in own.iterrows():
+            parts = [f"{c.rsplit('.', 1)[-1]}={_short(run[c])}" for c in varying]
+            labels[index] = " ".join([base, *parts])
+    return labels
+
+
+def _natural_key(label: str) -> tuple:
+    """'Adam lr=0.0003' before 'Adam lr=0.001': numbers compare as numbers."""
+    parts = []
+    for token in re.split(r"([-+]?\d*\.?\d+(?:e[-+]?\d+)?)", label):
+        try:
+            parts.append((0, float(token), ""))
+        except ValueError:
+            parts.append((1, 0.0, token))
+    return tuple(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.3g}"
+    return str(value)
+
+
 def load_runs(results_dir: str | Path, group: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs_df, metrics_df): one row per run, and all metrics rows tagged with the run's keys.
 
@@ -115,20 +199,25 @@ def load_runs(results_dir: str | Path, group: str | None = None) -> tuple[pd.Dat
         if not (run_dir / "summary.json").is_file() or not (run_dir / "metrics.csv").is_file():
             continue
         try:
-            row, metrics = _read_run(run_dir)
+            row, metrics = _read_run(run_dir, Path(results_dir))
         except Exception as err:  # noqa: BLE001 - one bad run must not stop the report
             warnings.warn(f"skipping unreadable run {run_dir}: {type(err).__name__}: {err}")
             continue
         rows.append(row)
         tables.append(metrics)
     if not rows:
-        return pd.DataFrame(columns=list(RUN_KEYS) + ["status", "run_dir"]), pd.DataFrame(columns=list(RUN_KEYS))
+        empty = list(RUN_KEYS) + ["status", "run_dir", "config_label"]
+        return pd.DataFrame(columns=empty), pd.DataFrame(columns=empty)
     runs = pd.DataFrame(rows)
     for column in runs.columns:
         if column.startswith(("final_", "best_")) or column in ("wallclock_s", "step_ms_median", "epochs_completed"):
             runs[column] = pd.to_numeric(runs[column], errors="coerce")
-    runs = runs.sort_values(["group", "dataset", "optimizer", "seed", "run_id"]).reset_index(drop=True)
+    runs["config_label"] = _config_labels(runs)
+    runs["_order"] = runs["config_label"].map(_natural_key)
+    runs = runs.sort_values(["group", "dataset", "optimizer", "_order", "config_id", "seed", "run_id"])
+    runs = runs.drop(columns="_order").reset_index(drop=True)
     metrics = pd.concat(tables, ignore_index=True)
+    metrics = metrics.merge(runs[["run_dir", "config_label"]], on="run_dir", how="left")
     return runs, metrics
 
 
@@ -142,12 +231,21 @@ def load_runs_or_explain(results_dir: str | Path, group: str) -> tuple[pd.DataFr
     return runs, metrics
 
 
+def load_reconstructions(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(inputs, outputs, (h, w)) of a run's reconstructions.npz, checked for consistent shapes."""
+    with np.load(Path(run_dir) / "reconstructions.npz") as npz:
+        inputs, outputs, shape = npz["inputs"], npz["outputs"], tuple(int(s) for s in npz["image_shape"])
+    if len(shape) != 2 or inputs.ndim != 2 or outputs.shape != inputs.shape or inputs.shape[1] != shape[0] * shape[1]:
+        raise ValueError(f"inconsistent shapes: inputs {inputs.shape}, outputs {outputs.shape}, image {shape}")
+    return inputs, outputs, shape
+
+
 def run_record(runs: pd.DataFrame) -> dict[str, Any]:
-    """run_dir -> status, seed, config path and the resolved config, for provenance.json."""
-    return {row["run_dir"]: {"dataset": row["dataset"], "optimizer": row["optimizer"], "seed": row["seed"],
-                             "status": row["status"], "device": row.get("device"),
-                             "git_commit": row.get("git_commit"), "config_path": row.get("config_path"),
-                             "config": read_config(row["run_dir"])}
+    """run path (relative to the results folder) -> status, seed, configuration and the resolved config."""
+    return {row["run_path"]: {"dataset": row["dataset"], "optimizer": row["optimizer"], "seed": row["seed"],
+                              "config_id": row["config_id"], "config_label": row["config_label"],
+                              "status": row["status"], "device": row.get("device"),
+                              "git_commit": row.get("git_commit"), "config": read_config(row["run_dir"])}
             for _, row in runs.iterrows()}
 
 
@@ -181,7 +279,7 @@ def provenance(runs: pd.DataFrame | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in ("torch", "numpy", "pandas", "matplotlib", "torchvision")},
-        "argv": sys.argv,
+        "argv": [Path(a).name if Path(a).is_absolute() else a for a in sys.argv],
     }
     if runs is not None and len(runs):
         info["devices"] = sorted({str(d) for d in runs.get("device", pd.Series(dtype=object)).dropna()})
@@ -189,16 +287,3 @@ def provenance(runs: pd.DataFrame | None = None) -> dict[str, Any]:
         info["run_torch_versions"] = sorted({str(v) for v in runs.get("torch", pd.Series(dtype=object)).dropna()})
         info["n_runs"] = int(len(runs))
     return info
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars/arrays and paths as plain JSON values."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Atomic JSON (temporary file + rename); inf becomes 'inf' and NaN null, as in summary.json."""
-    text = json.dumps(_json_safe(json.loads(json.dumps(data, default=_plain))), indent=2, sort_keys=True)
-    atomic_write_text(Path(path), text + "\n")
