@@ -41,7 +41,7 @@ RUN_KEYS = ("group", "dataset", "optimizer", "config_id", "seed", "run_id")
 # keys of older run configs that never changed the trained numbers
 LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
 
-__all__ = ["HEALTHY", "architecture", "bench_tables", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
+__all__ = ["HEALTHY", "architecture", "bench_tables", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
            "read_summary", "primary_metric", "dataset_label", "is_gaussian", "load_reconstructions", "optimizer_label"]
 
 
@@ -156,17 +156,35 @@ def find_run_dirs(results_dir: str | Path, group: str | None = None) -> list[Pat
     return sorted(p for p in base.glob(pattern) if p.is_dir())
 
 
+def varying_settings(runs: pd.DataFrame) -> list[str]:
+    """The config columns ('cfg.optimizer.lr', ...) whose values differ between the configurations of `runs`."""
+    cfg_columns = [c for c in runs.columns if c.startswith("cfg.") and c != "cfg.seed"
+                   and not any(c.startswith(f"cfg.{k}") for k in (*BOOKKEEPING_KEYS, "warmup_steps"))]
+    firsts = runs.drop_duplicates("config_id")
+    varying = [c for c in cfg_columns if firsts[c].astype(str).nunique() > 1]
+    # a sub-config chosen by name (e.g. the inner optimizer) is named by its name, not its settings
+    named = {c.rsplit(".", 1)[0] for c in varying if c.endswith(".name")}
+    return [c for c in varying if c.endswith(".name") or not any(c.startswith(p + ".") for p in named)]
+
+
+def setting_text(value: Any) -> str:
+    return _short(value)
+
+
+def setting_name(column: str) -> str:
+    """'cfg.optimizer.lr' -> 'lr'; 'cfg.optimizer.inner_optimizer.name' -> 'inner_optimizer'."""
+    parts = column.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 2 else parts[-1]
+
+
 def _config_labels(runs: pd.DataFrame) -> pd.Series:
     """Per run: the optimizer's label, plus the settings that differ between its configurations."""
     labels = pd.Series(index=runs.index, dtype=object)
     for (_, optimizer), own in runs.groupby(["dataset", "optimizer"]):
         base = optimizer_label(optimizer)
-        cfg_columns = [c for c in own.columns if c.startswith("cfg.") and c != "cfg.seed"
-                       and not any(c.startswith(f"cfg.{k}") for k in (*BOOKKEEPING_KEYS, "warmup_steps"))]
-        firsts = own.drop_duplicates("config_id")
-        varying = [c for c in cfg_columns if firsts[c].astype(str).nunique() > 1]
+        varying = varying_settings(own)
         for index, run in own.iterrows():
-            parts = [f"{c.rsplit('.', 1)[-1]}={_short(run[c])}" for c in varying]
+            parts = [f"{setting_name(c)}={_short(run[c])}" for c in varying]
             labels[index] = " ".join([base, *parts])
     return labels
 
@@ -183,6 +201,9 @@ def _natural_key(label: str) -> tuple:
 
 
 def _short(value: Any) -> str:
+    """A setting's value for a label: 3 significant digits; an unset (null) value is 'none'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:.3g}"
     return str(value)

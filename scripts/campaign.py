@@ -12,7 +12,8 @@ worker died is retried with the same settings. Run it again (or start more worke
 `cpu-reference` is the comparison this repository ships in `results/reference/cpu/`: the CURVES-like
 stand-in with all nine optimizers of the paper (16 full-length trials each, 3 seeds of the winner),
 then the real MNIST (LocoProp-M with the authors' published defaults, 3 seeds; the seven baselines
-and LocoProp-S with 8 full-length trials each; 3 seeds of the best baseline).
+and LocoProp-S with 8 full-length trials each; 3 seeds of the best baseline). `cpu-relatives` adds
+DTP and FOOF with the same protocol and budget, and the LocoProp ablations.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from benchmarks.optimizers import optimizer_info, paper_optimizers
 from benchmarks.results import read_summary
 from benchmarks.rundir import RunInUse, run_dir_for
 from benchmarks.train import train
+from scripts.ablations import ablation_configs, ablation_names
 from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, work
 
 
@@ -103,7 +105,25 @@ def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results
             BestOf([s for s in mnist if s.optimizer in baselines], seeds=3)]
 
 
-PLANS = {"cpu-reference": cpu_reference}
+def ablation_runs(name: str, results: str) -> Runs:
+    return Runs(lambda: ablation_configs(name, results=results))
+
+
+def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
+    """LocoProp's relatives and ablations beside the reference comparison: DTP and FOOF searched with
+    the same protocol and budget as the paper's optimizers (CURVES-like: 16 trials, 3 seeds; MNIST:
+    8 trials, 1 seed), and the LocoProp ablations on the CURVES-like data."""
+    curves_dir, mnist_dir = f"{root}/curves_synth", f"{root}/mnist"
+    note = "CPU reference campaign (scripts/campaign.py cpu-relatives)"
+    relatives = ("foof", "dtp")
+    return [*(Search("curves_synth", o, curves_dir, Protocol(trials=16, seeds=3), tuned_dir=tuned_dir,
+                     export_as="curves", note=note) for o in relatives),
+            *(ablation_runs(name, curves_dir) for name in ablation_names()),
+            *(Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=1), tuned_dir=tuned_dir, note=note)
+              for o in relatives)]
+
+
+PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 
 from benchmarks.results import (HEALTHY, architecture, bench_tables, dataset_label, is_gaussian,  # noqa: E402
                                 load_reconstructions, load_runs_or_explain, optimizer_label, primary_metric,
-                                provenance, run_record, write_json)
+                                provenance, run_record, setting_name, setting_text, varying_settings, write_json)
 
 COLUMN_WIDTH, FULL_WIDTH = 3.3, 6.8  # inches: one paper column, the full page width
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 6.5,
@@ -422,6 +422,86 @@ def profile_figure(runs: pd.DataFrame):
     return fig, sorted(runs["run_dir"])
 
 
+# ---------------------------------------------------------------- ablations
+
+
+def _mean_final(own: pd.DataFrame, dataset: str) -> float:
+    healthy = own[own["status"].isin(HEALTHY)]
+    values = healthy[f"final_{primary_metric(dataset)}"].to_numpy(float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else np.inf
+
+
+def _natural(text: str) -> tuple:
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def ablation_table(runs: pd.DataFrame, dataset: str) -> tuple[pd.DataFrame, str, str | None]:
+    """One row per configuration: the ablated setting, a second varied setting if any (e.g. the
+    learning rate paired with each inner optimizer), the mean final train loss, the config id."""
+    if runs["optimizer"].nunique() > 1:  # e.g. LocoProp-S against LocoProp-M
+        key, rows = "optimizer", []
+        for (optimizer, config_id), own in runs.groupby(["optimizer", "config_id"]):
+            rows.append({"setting": optimizer_label(optimizer), "second": None, "config_id": config_id,
+                         "final": _mean_final(own, dataset)})
+        return pd.DataFrame(rows), key, None
+    varying = varying_settings(runs)
+    if not varying:
+        return pd.DataFrame(), "", None
+    key, second = varying[0], (varying[1] if len(varying) > 1 else None)
+    rows = []
+    for config_id, own in runs.groupby("config_id"):
+        first = own.iloc[0]
+        rows.append({"setting": first[key], "second": first[second] if second else None, "config_id": config_id,
+                     "final": _mean_final(own, dataset)})
+    return pd.DataFrame(rows), setting_name(key), setting_name(second) if second else None
+
+
+def ablation_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame):
+    """Left: the final train loss against the ablated setting (with a second varied setting, the
+    best over it, said in the label). Right: the train curves of those configurations."""
+    table, key, second = ablation_table(runs, dataset)
+    if table.empty:
+        return None, []
+    if second:
+        best = table.loc[table.groupby(table["setting"].astype(str))["final"].idxmin()]
+    else:
+        best = table
+    values = list(best["setting"])
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in values)
+    order = np.argsort(values) if numeric else sorted(range(len(values)), key=lambda i: _natural(setting_text(values[i])))
+    best = best.iloc[order]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(FULL_WIDTH, 2.5))
+    xs = best["setting"].to_numpy(float) if numeric else np.arange(len(best))
+    left.plot(xs, best["final"].to_numpy(float), marker="o", color="#d62728")
+    if second:  # every configuration, faintly, behind the best ones
+        for _, row in table.iterrows():
+            x = float(row["setting"]) if numeric else list(best["setting"].astype(str)).index(str(row["setting"]))
+            left.plot(x, row["final"], marker=".", color="#999999", linestyle="none", zorder=1)
+    if numeric and max(xs) / min(xs) > 5:
+        left.set_xscale("log")
+    if not numeric:
+        left.set_xticks(xs, [setting_text(v) for v in best["setting"]])
+    else:
+        left.set_xticks(xs, [f"{v:g}" for v in xs])
+        left.minorticks_off()
+    finals = table["final"].to_numpy(float)
+    _log_axis(left.yaxis, finals[np.isfinite(finals)])
+    left.set_xlabel(key + (f" (best over {second}; grey: every {second})" if second else ""))
+    left.set_ylabel("final " + METRIC_LABELS[primary_metric(dataset)])
+    left.grid(True, linewidth=0.3, alpha=0.5)
+    shown = runs[runs["config_id"].isin(best["config_id"])]
+    drawn = plot_curves(right, shown, metrics[metrics["run_dir"].isin(shown["run_dir"])], primary_metric(dataset))
+    right.set_ylabel("")
+    right.legend(loc="upper right", frameon=False, fontsize=5.5)
+    fig.suptitle(f"{dataset_label(dataset)}: ablation of {key}", fontsize=9)
+    fig.tight_layout()
+    return fig, drawn
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -479,6 +559,23 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
     return record
 
 
+def make_ablation_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path,
+                          results_dir: Path | None = None) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    commit = provenance().get("git_commit")
+    record: dict[str, Any] = {}
+    with plt.rc_context(STYLE):
+        for dataset in sorted(runs["dataset"].unique()):
+            r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
+            fig, drawn = ablation_figure(dataset, r, m)
+            if fig is not None:
+                files = save_figure(fig, out_dir, f"{dataset}_ablation", commit)
+                record[f"{dataset}_ablation"] = {
+                    "files": [p.name for p in files],
+                    "runs": sorted({Path(p).relative_to(results_dir).as_posix() if results_dir else p for p in drawn})}
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="results directory holding runs/")
@@ -486,13 +583,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <results>/figures/<group>)")
     parser.add_argument("--time", choices=("measured", "bench"), default="measured",
                         help="time axis: the measured training seconds, or steps x the ms/step of a quiet bench")
+    parser.add_argument("--ablation", action="store_true", help="the group is an ablation (scripts/ablations.py): "
+                        "draw the final train loss against the ablated setting, and the curves")
     args = parser.parse_args(argv)
     loaded = load_runs_or_explain(args.results, args.group)
     if loaded is None:
         return 1
     runs, metrics = loaded
     out_dir = Path(args.out) if args.out else Path(args.results) / "figures" / args.group
-    record = make_figures(runs, metrics, out_dir, Path(args.results), args.time)
+    if args.ablation:
+        record = make_ablation_figures(runs, metrics, out_dir, Path(args.results))
+    else:
+        record = make_figures(runs, metrics, out_dir, Path(args.results), args.time)
     info = {"provenance": provenance(runs), "group": args.group, "time_axis": args.time,
             "figures": record, "runs": run_record(runs)}
     write_json(out_dir / "provenance.json", info)

@@ -1,0 +1,67 @@
+"""`make ablations`: LocoProp's ablations (configs/ablation/*.yaml), then one figure each.
+
+    python -m scripts.ablations [--only gamma inner_steps] [--results results] [-- dataset=mnist seed=1]
+
+Each ablation is a ready Hydra multirun (`python -m benchmarks.train -m +ablation=<name>`): a group
+`ablation-<name>` whose runs differ in one setting (the inner steps T, gamma, the inner optimizer,
+S vs M, the proximal term, inner state kept or reset). This script expands the same grids and runs
+them in-process, so finished runs are skipped and interrupted ones resume, then draws
+`<results>/figures/ablation-<name>/ablation.png` (final train loss against the setting, and the
+curves) with `scripts.figures --ablation`.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+from benchmarks.config import CONFIG_DIR, compose_config
+from benchmarks.train import train
+from scripts import figures
+
+ABLATION_DIR = CONFIG_DIR / "ablation"
+
+
+def ablation_names() -> list[str]:
+    return sorted(p.stem for p in ABLATION_DIR.glob("*.yaml"))
+
+
+def grid(name: str) -> list[list[str]]:
+    """The overrides of every run of an ablation: the cartesian product of its sweeper params."""
+    path = ABLATION_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"no ablation {name!r}; choose from {', '.join(ablation_names())}")
+    params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
+    axes = [[f"{key}={value.strip()}" for value in str(values).split(",")] for key, values in params.items()]
+    return [list(point) for point in itertools.product(*axes)]
+
+
+def ablation_configs(name: str, overrides: list[str] = (), results: str = "results") -> list[DictConfig]:
+    return [compose_config([f"+ablation={name}", f"results_dir={results}", "progress=false", *point, *overrides])
+            for point in grid(name)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", default=ablation_names(), choices=ablation_names())
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--no-train", action="store_true", help="only draw the figures of finished runs")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --), e.g. dataset=mnist")
+    args = parser.parse_args(argv)
+    failed = 0
+    for name in args.only:
+        configs = ablation_configs(name, args.overrides, args.results)
+        for cfg in configs if not args.no_train else []:
+            failed += train(cfg)["status"] == "failed"
+        group = str(configs[0].group)
+        figures.main(["--results", args.results, "--group", group, "--ablation",
+                      "--out", str(Path(args.results) / "figures" / group)])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
