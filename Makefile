@@ -6,14 +6,15 @@ GROUP ?= default
 ARGS ?=
 REPRO_ARGS ?=
 BENCH_ARGS ?=
+ABLATION_ARGS ?=
 
 TUNE_DATASETS ?= mnist faces curves
-TUNE_OPTIMIZERS ?= sgd nesterov adagrad rmsprop adam shampoo kfac locoprop_s locoprop_m
+TUNE_OPTIMIZERS ?= paper
 TUNE_TRIALS ?= 16
 TUNE_WORKERS ?= 1
 TUNE_ARGS ?=
 
-.PHONY: install test demo train bench figures summary reproduce tune campaign-cpu data
+.PHONY: install test demo train bench figures summary ablations reproduce tune campaign-cpu data
 
 install:  ## install the package, its test tools and the sweep launchers (CI pins torch via constraints-ci.txt)
 	$(PYTHON) -m pip install -c constraints-ci.txt -e ".[dev,sweep]"
@@ -21,7 +22,7 @@ install:  ## install the package, its test tools and the sweep launchers (CI pin
 test:  ## the full test suite (CPU, offline; < 15 min on 2 cores)
 	$(PYTHON) -m pytest -q tests
 
-demo:  ## a few-minute offline CPU run: curves_synth, Adam and RMSProp, then the figures
+demo:  ## < 3 min offline on 2 CPU cores: LocoProp-M, K-FAC and RMSProp on CURVES-like data, figures and table
 	$(PYTHON) -m scripts.demo --results $(RESULTS)/demo
 
 train:  ## one training run: make train ARGS="dataset=mnist dataset.root=../shared/data/mnist optimizer=adam epochs=1"
@@ -30,11 +31,14 @@ train:  ## one training run: make train ARGS="dataset=mnist dataset.root=../shar
 bench:  ## speed table (ms/step, ratios) for every optimizer on this machine
 	$(PYTHON) -m benchmarks.speed $(BENCH_ARGS)
 
-figures:  ## figures from the local run tables
-	$(PYTHON) -m scripts.figures --results $(RESULTS) --group $(GROUP) --out $(RESULTS)/figures
+figures:  ## figures of one group of runs -> results/figures/<group>/
+	$(PYTHON) -m scripts.figures --results $(RESULTS) --group $(GROUP)
 
-summary:  ## summary.md / summary.csv from the local run tables
-	$(PYTHON) -m scripts.summary --results $(RESULTS) --group $(GROUP) --out $(RESULTS)
+summary:  ## summary.md / summary.csv of one group of runs -> results/summaries/<group>/
+	$(PYTHON) -m scripts.summary --results $(RESULTS) --group $(GROUP)
+
+ablations:  ## LocoProp ablations (configs/ablation/, CURVES-like by default) and their figures
+	$(PYTHON) -m scripts.ablations --results $(RESULTS) -- $(ABLATION_ARGS)
 
 reproduce:  ## the paper's comparison with the tuned configs, then figures and tables
 	$(PYTHON) -m scripts.reproduce results=$(RESULTS) $(REPRO_ARGS)
@@ -47,6 +51,7 @@ tune:  ## full-length searches (equal budget, successive halving, SQLite studies
 
 campaign-cpu:  ## the shipped CPU reference comparison (many CPU hours; resumable): results/reference/cpu/
 	nice -n 19 $(PYTHON) -m scripts.campaign cpu-reference --workers 2 --threads 1
+	nice -n 19 $(PYTHON) -m scripts.campaign cpu-relatives --workers 2 --threads 1
 
 data:  ## download FACES, CURVES (and MNIST) into ./data (needs internet)
 	$(PYTHON) -m scripts.download_data --root data

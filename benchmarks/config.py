@@ -5,6 +5,7 @@ Overrides that use a key renamed since an earlier version fail with a message na
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from omegaconf import DictConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TUNED_DIR = Path(__file__).resolve().parents[1] / "results" / "tuned"
+# configs/train.yaml puts $LOCOPROP_REPO/results on Hydra's search path, so tuned=<dataset>/<optimizer>
+# is found from any working directory (the command line and compose_config both import this module)
+os.environ.setdefault("LOCOPROP_REPO", str(TUNED_DIR.parents[1]))
 
 # old spelling (a key or a config group, as it appears at the start of an override) -> the new one
 RENAMED = {
@@ -39,16 +43,10 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
     """The config of `python -m benchmarks.train <overrides>`, composed in-process."""
     check_renamed(overrides)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        searchpath = [] if any(o.startswith("hydra.searchpath") for o in overrides) else tuned_searchpath()
         try:
-            return compose(config_name=config_name, overrides=[*searchpath, *overrides])
+            return compose(config_name=config_name, overrides=list(overrides))
         except MissingConfigException as err:
             raise ValueError(missing_config_message(err, overrides)) from err
-
-
-def tuned_searchpath() -> list[str]:
-    """The tuned configs (`tuned=<dataset>/<optimizer>`) are found wherever the command runs."""
-    return [f"hydra.searchpath=[file://{TUNED_DIR.parent}]"]
 
 
 def missing_config_message(err: Exception, overrides) -> str:

@@ -57,6 +57,7 @@ class WandbLogger:
     def __init__(self, cfg: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any], name: str,
                  group: str, run_id: str | None = None):
         self.run = None
+        self.mode = None
         mode = cfg.get("mode", "auto")
         if mode not in ("auto", "online", "offline", "disabled"):
             raise ValueError(f"logger.mode must be auto, online, offline or disabled, got {mode!r}")
@@ -86,6 +87,7 @@ class WandbLogger:
             else:
                 warnings.warn(f"W&B init failed ({err}); W&B logging disabled for this run")
         if self.run is not None:
+            self.mode = "offline" if self.run.settings.mode == "offline" else mode
             self.run.define_metric("global_step")
             self.run.define_metric("train/minibatch_loss", step_metric="global_step")
             self.run.define_metric("epoch")
@@ -120,6 +122,16 @@ class WandbLogger:
             return
         try:
             self.run.summary.update(json_safe(dict(summary)))
+            run_dir = Path(self.run.dir).parent.parent
             self.run.finish()
         except Exception as err:  # noqa: BLE001
             warnings.warn(f"W&B finish failed ({err})")
+            return
+        if self.mode == "offline":
+            print(f"[wandb] offline run {self.id}; upload it with: {sync_command(self.id, run_dir)}")
+
+
+def sync_command(run_id: str, wandb_dir: Path) -> str:
+    """How to upload a run logged offline. A resumed run leaves one offline folder per session, all
+    with the same run id; `--id` syncs them into that one run, oldest first."""
+    return f"wandb sync --id {run_id} {wandb_dir}/offline-run-*-{run_id}"

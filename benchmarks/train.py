@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import sys
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from benchmarks.config import check_renamed, tuned_searchpath
+from benchmarks.config import check_renamed
 from benchmarks.fast import CudaGraphStep, compiled_step
 from benchmarks.models import Autoencoder, build_autoencoder
 from benchmarks.optimizers import make_optimizer, make_step
-from benchmarks.rundir import (FINAL_STATUSES, RunInUse, RunLock, atomic_savez, atomic_torch_save, atomic_write_json,
+from benchmarks.rundir import (FINAL_STATUSES, RunLock, atomic_savez, atomic_torch_save, atomic_write_json,
                                atomic_write_text, device_name, git_commit, load_average, read_summary, run_dir_for,
                                summarize_rows)
 from benchmarks.schedule import Schedule
 from benchmarks.tracking import WandbLogger, metrics_csv_text
-from benchmarks.workloads import Dataset, get_workload, load_dataset
+from benchmarks.workloads import Dataset, load_dataset
 
 
 class PruneRun(Exception):
@@ -253,8 +253,6 @@ class Run:
 
 
 def _cpu_count() -> int | None:
-    import os
-
     return os.cpu_count()
 
 
@@ -390,6 +388,4 @@ if __name__ == "__main__":
         check_renamed(sys.argv[1:])
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    if not any(a.startswith("hydra.searchpath") for a in sys.argv[1:]):
-        sys.argv += tuned_searchpath()
     main()

@@ -1,36 +1,49 @@
-"""`make demo`: a few-minute, offline, CPU-only run that ends with figures on disk.
+"""`make demo`: what the project is about in under three minutes on two CPU cores, offline.
 
-Trains the CURVES autoencoder on generated CURVES-like data with Adam and RMSProp for a few
-epochs through the real runner, then draws the figures and the summary table from the run
-tables, and prints their paths.
+Trains the CURVES autoencoder (12 layers, 6-unit code) on 2,000 generated CURVES-like images with
+LocoProp-M (the official settings), K-FAC and RMSProp with momentum (the LocoProp paper's main
+first-order baseline; lr 1e-3, alpha 0.9, momentum 0.9, the best of a small search at this very
+setting), 30 epochs of the official schedule each, batch 100, through the real runner. Then it draws
+the figures (loss against epochs and seconds, test reconstructions), writes the summary table and
+prints it. All three leave the mean-image plateau (cross-entropy ~136) far behind; the figures show
+which gets there in fewer epochs and which in fewer seconds.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import pandas as pd
+
 from benchmarks.config import compose_config
 from benchmarks.train import train
 from scripts import figures, summary as summary_script
 
-DEMO_OPTIMIZERS = {"adam": ["optimizer.lr=1e-3"], "rmsprop": ["optimizer.lr=3e-4"]}
+SETTING = ["dataset=curves_synth", "dataset.n_train=2000", "dataset.n_test=500", "batch_size=100", "epochs=30",
+           "logger=disabled", "group=demo"]
+OPTIMIZERS = {"locoprop_m": [], "kfac": [],
+              "rmsprop": ["optimizer.lr=1e-3", "optimizer.alpha=0.9", "optimizer.momentum=0.9"]}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/demo")
-    parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    for name, extra in DEMO_OPTIMIZERS.items():
-        cfg = compose_config(["dataset=curves_synth", f"optimizer={name}", "logger=disabled", "group=demo",
-                              f"results_dir={args.results}", f"epochs={args.epochs}", "schedule=constant",
-                              "dataset.n_train=5000", "dataset.n_test=1000", "batch_size=250", *extra])
+    for name, extra in OPTIMIZERS.items():
+        cfg = compose_config([*SETTING, f"optimizer={name}", f"results_dir={args.results}", *extra])
         summary = train(cfg)
-        print(f"{name}: status {summary['status']}, final train CE {summary['final_train_ce']:.2f}")
+        print(f"{name}: {summary['status']}, final train cross-entropy {summary['final_train_ce']:.1f}")
     figures.main(["--results", args.results, "--group", "demo", "--out", f"{args.results}/figures"])
     summary_script.main(["--results", args.results, "--group", "demo", "--out", args.results])
-    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    table = pd.read_csv(f"{args.results}/summary.csv")
+    table = table[["configuration", "final_train_ce_mean", "final_test_ce_mean", "step_ms_median",
+                   "wallclock_s_total"]].rename(columns={
+                       "final_train_ce_mean": "train CE", "final_test_ce_mean": "test CE",
+                       "step_ms_median": "ms/step", "wallclock_s_total": "train s"})
+    print("\n" + table.round(1).to_string(index=False))
+    print(f"\nfigures in {args.results}/figures (e.g. curves_synth_reconstructions.png); "
+          f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

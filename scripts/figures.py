@@ -65,6 +65,8 @@ METRIC_LABELS = {"train_ce": "train cross-entropy (nats, summed over pixels)",
                  "test_ce": "test cross-entropy (nats, summed over pixels)",
                  "train_se": "train squared error (summed over pixels)",
                  "test_se": "test squared error (summed over pixels)"}
+SHORT_METRIC_LABELS = {"train_ce": "train CE (nats)", "test_ce": "test CE (nats)", "train_se": "train SE",
+                       "test_se": "test SE"}  # in the overview grid; CE and SE are sums over pixels
 TIME_LABELS = {"measured": "training wall-clock (s, measured)",
                "bench": "training time (s) = steps x ms/step of a quiet `make bench`"}
 
@@ -243,14 +245,15 @@ def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = 
                   (heldout_metric(dataset), "epoch"))
         for col, (y, x) in enumerate(panels):
             drawn += plot_curves(axes[row, col], r, m, y, x)
+            axes[row, col].set_ylabel(SHORT_METRIC_LABELS.get(y, y))
         axes[row, 0].set_title(dataset_label(dataset), loc="left")
     handles = [Line2D([], [], label=label, **{k: v for k, v in style.items() if k not in ("zorder", "label")})
                for label, _, style in _configs(runs)]
     if (~runs["status"].isin(HEALTHY)).any():
         handles.append(_diverged_key())
+    fig.tight_layout()
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout()
     return fig, sorted(set(drawn))
 
 

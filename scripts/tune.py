@@ -41,7 +41,7 @@ from typing import Any
 
 import optuna
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from benchmarks.config import CONFIG_DIR, compose_config
