@@ -7,6 +7,8 @@ ARGS ?=
 REPRO_ARGS ?=
 BENCH_ARGS ?=
 ABLATION_ARGS ?=
+# e.g. GPU_ARGS="--out $$OUT/h200 --archive" on a lent machine (its $OUT returns few files: take the archive)
+GPU_ARGS ?=
 
 TUNE_DATASETS ?= mnist faces curves
 TUNE_OPTIMIZERS ?= paper
@@ -14,7 +16,7 @@ TUNE_TRIALS ?= 16
 TUNE_WORKERS ?= 1
 TUNE_ARGS ?=
 
-.PHONY: install test demo train bench figures summary ablations reproduce tune campaign-cpu data
+.PHONY: install test demo train bench figures summary ablations gpu-campaign reproduce tune campaign-cpu data
 
 install:  ## install the package, its test tools and the sweep launchers (CI pins torch via constraints-ci.txt)
 	$(PYTHON) -m pip install -c constraints-ci.txt -e ".[dev,sweep]"
@@ -39,6 +41,9 @@ summary:  ## summary.md / summary.csv of one group of runs -> results/summaries/
 
 ablations:  ## LocoProp ablations (configs/ablation/, CURVES-like by default) and their figures
 	$(PYTHON) -m scripts.ablations --results $(RESULTS) -- $(ABLATION_ARGS)
+
+gpu-campaign:  ## on one H100/H200, <= 8 min: bench, GPU tests, the MNIST comparison (concurrent runs), report
+	$(PYTHON) -m scripts.gpu_campaign $(GPU_ARGS)
 
 reproduce:  ## the paper's comparison with the tuned configs, then figures and tables
 	$(PYTHON) -m scripts.reproduce results=$(RESULTS) $(REPRO_ARGS)
