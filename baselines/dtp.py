@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from locoprop.chain import ChainLayer, forward_record, linear_chain
-from locoprop.losses import OUTPUT_TRANSFER, resolve_loss
+from locoprop.losses import resolve_loss
 
 
 def _bernoulli_output_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -121,10 +121,7 @@ class DTP(Optimizer):
                 raise ValueError(f"{name} must be a callable opt(params, lr=...), got {value!r}")
         layers = linear_chain(model)
         if isinstance(loss, str):
-            self.loss_fn = resolve_loss(loss)  # raises the ValueError naming the choices
-            if layers[-1].transfer.name != OUTPUT_TRANSFER[loss]:
-                raise ValueError(f"loss {loss!r} expects the last layer's transfer to be "
-                                 f"{OUTPUT_TRANSFER[loss]!r}, the model has {layers[-1].transfer.name!r}")
+            self.loss_fn = resolve_loss(loss, layers[-1].transfer.name)
             self.output_loss_fn = _output_loss(loss)
         elif callable(loss):
             self.loss_fn = self.output_loss_fn = loss

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from locoprop.chain import ChainLayer, forward_record, linear_chain
-from locoprop.losses import OUTPUT_TRANSFER, resolve_loss
+from locoprop.losses import resolve_loss
 
 
 class FOOF(torch.optim.Optimizer):
@@ -84,15 +84,9 @@ class FOOF(torch.optim.Optimizer):
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         layers = linear_chain(model)
-        if isinstance(loss, str):
-            self._loss_fn = resolve_loss(loss)  # raises the ValueError naming the choices
-            if layers[-1].transfer.name != OUTPUT_TRANSFER[loss]:
-                raise ValueError(f"loss {loss!r} expects the last layer's transfer to be "
-                                 f"{OUTPUT_TRANSFER[loss]!r}, the model has {layers[-1].transfer.name!r}")
-        elif callable(loss):
-            self._loss_fn = loss
-        else:
+        if not (isinstance(loss, str) or callable(loss)):
             raise ValueError(f"loss must be 'bernoulli', 'gaussian' or a callable, got {loss!r}")
+        self._loss_fn = resolve_loss(loss, layers[-1].transfer.name)
         params = [p for layer in layers for p in layer.linear.parameters()]
         defaults = dict(lr=lr, damping=damping, factor_decay=factor_decay,
                         inverse_update_period=int(inverse_update_period), momentum=momentum,

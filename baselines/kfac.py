@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from locoprop.chain import ChainLayer, ForwardRecord, forward_record, linear_chain
-from locoprop.losses import LOSS_KINDS, OUTPUT_TRANSFER, resolve_loss
+from locoprop.losses import LOSS_KINDS, resolve_loss
 
 FISHER_KINDS = ("sampled", "empirical")
 
@@ -155,9 +155,6 @@ class KFAC(torch.optim.Optimizer):
         if not 0.0 < damping_decay < 1.0:
             raise ValueError(f"damping_decay (omega) must be in (0, 1), got {damping_decay}")
         layers = linear_chain(model)
-        if layers[-1].transfer.name != OUTPUT_TRANSFER[loss]:
-            raise ValueError(f"loss {loss!r} expects the last layer's transfer to be "
-                             f"{OUTPUT_TRANSFER[loss]!r}, the model has {layers[-1].transfer.name!r}")
         params = [p for layer in layers for p in layer.linear.parameters()]
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         factor_decay=factor_decay, inverse_update_period=inverse_update_period,
@@ -169,7 +166,7 @@ class KFAC(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.layers: list[ChainLayer] = layers
         self.loss_kind = loss
-        self._loss_fn = resolve_loss(loss)
+        self._loss_fn = resolve_loss(loss, layers[-1].transfer.name)
         weight = layers[0].linear.weight
         self._step = 0
         self._damping = torch.tensor(float(damping), dtype=weight.dtype, device=weight.device)

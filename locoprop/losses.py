@@ -37,12 +37,18 @@ def squared_error(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - targets).pow(2).sum() / outputs.shape[0]
 
 
-def resolve_loss(loss: str | Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    """Map a loss kind to its function of (logits, targets); callables pass through."""
+def resolve_loss(loss: str | Callable[[Tensor, Tensor], Tensor],
+                 output_transfer: str | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Map a loss kind to its function of (logits, targets); callables pass through.
+
+    With `output_transfer` (the model's last transfer function), a loss kind that needs another
+    output (bernoulli a sigmoid, gaussian the identity) raises a ValueError saying so.
+    """
     if callable(loss):
         return loss
-    if loss == "bernoulli":
-        return bernoulli_nll
-    if loss == "gaussian":
-        return gaussian_nll
-    raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_KINDS)} or pass a callable")
+    if loss not in OUTPUT_TRANSFER:
+        raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_KINDS)} or pass a callable")
+    if output_transfer is not None and output_transfer != OUTPUT_TRANSFER[loss]:
+        raise ValueError(f"loss {loss!r} needs a {OUTPUT_TRANSFER[loss]} output layer, but the model's last "
+                         f"transfer function is {output_transfer}")
+    return bernoulli_nll if loss == "bernoulli" else gaussian_nll

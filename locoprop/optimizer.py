@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .chain import ChainLayer, forward_record, linear_chain
-from .losses import OUTPUT_TRANSFER, resolve_loss
+from .losses import resolve_loss
 from .rmsprop_tf1 import RMSpropTF1
 
 # The official notebook's inner optimizer: RMSProp in TF1 semantics with these settings.
@@ -108,14 +108,7 @@ class LocoProp(Optimizer):
             raise ValueError(f"min_inner_lr_factor must be in [0, 1], got {min_inner_lr_factor}")
 
         self.layers: list[ChainLayer] = linear_chain(model)
-        if isinstance(loss, str):
-            expected = OUTPUT_TRANSFER.get(loss)
-            if expected is None:
-                resolve_loss(loss)  # raises the ValueError naming the choices
-            if self.layers[-1].transfer.name != expected:
-                raise ValueError(f"loss {loss!r} needs a {expected} output layer, but the model's last "
-                                 f"transfer function is {self.layers[-1].transfer.name}")
-        self.loss_fn = resolve_loss(loss)
+        self.loss_fn = resolve_loss(loss, self.layers[-1].transfer.name)
         self.model = model
         self.variant = variant
         self.reduction = reduction
