@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -31,6 +32,7 @@ from benchmarks.optimizers import optimizer_info, paper_optimizers
 from benchmarks.results import read_summary
 from benchmarks.rundir import RunInUse, run_dir_for
 from benchmarks.train import train
+from scripts import figures, summary as summary_script
 from scripts.ablations import ablation_configs, ablation_names
 from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, work
 
@@ -126,13 +128,112 @@ def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results
 PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
 
 
+# ----------------------------------------------------------------------------- collect and report
+
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json")
+
+
+def collect(source: str | Path, root: str | Path = "results/reference/cpu") -> int:
+    """Copy the small files of a campaign running elsewhere (another checkout, a cluster's scratch)
+    into `root`: per finished run config.yaml, metrics.csv, summary.json (and reconstructions.npz
+    outside the trials), per study a consistent snapshot of its SQLite file; never checkpoints."""
+    import shutil
+    import sqlite3
+
+    source, root = Path(source), Path(root)
+    copied = 0
+    for summary in sorted(source.glob("*/runs/*/*/*/*/summary.json")):
+        run = summary.parent
+        target = root / run.relative_to(source)
+        names = RUN_FILES if run.parts[-4] == "tune" else (*RUN_FILES, "reconstructions.npz")
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if (run / name).exists() and (not (target / name).exists()
+                                          or (target / name).stat().st_mtime < (run / name).stat().st_mtime):
+                shutil.copy2(run / name, target / name)
+                copied += 1
+    for db in sorted(source.glob("*/tuning/*/*.db")):
+        target = root / db.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)  # a consistent copy even while a worker writes
+        copied += 1
+    print(f"collected {copied} files from {source} into {root}")
+    return copied
+
+
+
+def study_rows(root: Path) -> list[dict]:
+    """One row per study under <root>/<dataset>/tuning/: trials finished, budget, best, seeds."""
+    rows = []
+    for db in sorted(root.glob("*/tuning/*/*.db")):
+        dataset, optimizer = db.parent.name, db.stem
+        try:
+            study = optuna.load_study(study_name=f"{dataset}-{optimizer}", storage=f"sqlite:///{db}")
+        except KeyError:  # created, no study in it yet
+            continue
+        trials = study.get_trials(deepcopy=False)
+        protocol = study.user_attrs.get("protocol", {})
+        count = lambda state: sum(t.state.name == state for t in trials)  # noqa: E731
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        best = min(complete, key=lambda t: t.value) if complete else None
+        seeds = sorted((root / dataset).glob(f"runs/final/{dataset}/{optimizer}/*/summary.json"))
+        rows.append({"dataset": dataset, "optimizer": optimizer, "budget": protocol.get("trials"),
+                     "complete": count("COMPLETE"), "pruned": count("PRUNED"), "running": count("RUNNING"),
+                     "failed": sum(t.state.name == "FAIL" and "error" in t.user_attrs for t in trials),
+                     "best": round(best.value, 2) if best else None,
+                     "best_params": {k: (round(v, 8) if isinstance(v, float) else v) for k, v in best.params.items()}
+                     if best else None, "final_seeds": len(seeds)})
+    return rows
+
+
+def report(root: str = "results/reference/cpu", bench: str = "results") -> None:
+    """Figures and tables of every data set's final runs and ablations, and STATUS.md of the studies.
+    The bench-time figures take the ms/step of <bench>/bench/ (a quiet `make bench` of this machine)."""
+    root_path = Path(root)
+    for folder in sorted(p for p in root_path.iterdir() if (p / "runs").is_dir()):
+        for group_dir in sorted((folder / "runs").iterdir()):
+            group = group_dir.name
+            if group == "final":
+                for time_axis in ("measured", "bench"):
+                    out = folder / ("figures" if time_axis == "measured" else "figures_bench_time")
+                    figures.main(["--results", str(folder), "--group", group, "--out", str(out), "--time", time_axis,
+                                  "--bench", bench])
+                summary_script.main(["--results", str(folder), "--group", group, "--out", str(folder)])
+            elif group.startswith("ablation-"):
+                figures.main(["--results", str(folder), "--group", group, "--ablation",
+                              "--out", str(folder / "figures" / group)])
+    rows = study_rows(root_path)
+    lines = ["# Status of the CPU reference campaign", "",
+             "Studies (`<dataset>/tuning/<dataset>/<optimizer>.db`): finished trials against the budget, the",
+             "best trial's objective (best full-evaluation train loss) and settings, and the winner's seeds",
+             "finished in the group `final`.", "",
+             "| dataset | optimizer | trials (complete + pruned) / budget | failed | best | best settings | final seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['optimizer']} | {r['complete']} + {r['pruned']} / {r['budget']}"
+                     f"{' (' + str(r['running']) + ' running)' if r['running'] else ''} | {r['failed']} | "
+                     f"{r['best'] if r['best'] is not None else '—'} | {r['best_params'] or '—'} | {r['final_seeds']} |")
+    (root_path / "STATUS.md").write_text("\n".join(lines) + "\n")
+    print(root_path / "STATUS.md")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("plan", choices=sorted(PLANS))
+    parser.add_argument("plan", choices=[*sorted(PLANS), "report", "collect"], help="a plan to work on; 'report': "
+                        "figures, tables and STATUS.md of --root; 'collect': copy --source's small files into --root")
+    parser.add_argument("--root", default="results/reference/cpu", help="the campaign's folder (report, collect)")
+    parser.add_argument("--source", default=None, help="with 'collect': the folder a campaign writes elsewhere")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     args = parser.parse_args(argv)
+    if args.plan == "report":
+        report(args.root)
+        return
+    if args.plan == "collect":
+        collect(args.source, args.root)
+        return
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)

@@ -124,7 +124,7 @@ def heldout_metric(dataset: str) -> str:
 
 
 def bench_ms_per_step(results_dir: str | Path) -> dict[tuple[str, str, int], float]:
-    """(architecture, optimizer, batch size) -> ms/step from the quiet bench tables under <results>/bench/."""
+    """(architecture, optimizer, batch size) -> ms/step from the quiet bench tables under <results_dir>/bench/."""
     table: dict[tuple[str, str, int], float] = {}
     for _, data in bench_tables(results_dir):
         if data.get("busy"):
@@ -207,7 +207,8 @@ def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = 
             plotted.append(m[y].to_numpy(float))
             label = None
             drawn.append(run["run_dir"])
-    _log_axis(ax.yaxis, np.concatenate(plotted) if plotted else np.array([]))
+    if plotted:
+        _log_axis(ax.yaxis, np.concatenate(plotted))
     if x == "epoch":
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -229,6 +230,10 @@ def _failure_note(own: pd.DataFrame) -> str:
 def curve_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str):
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.4))
     drawn = plot_curves(ax, runs, metrics, y, x)
+    if not drawn:  # e.g. no bench figure for these runs' optimizers on the bench time axis
+        plt.close(fig)
+        print(f"{dataset}: nothing to draw for {y} against {x}", file=sys.stderr)
+        return None, []
     ax.set_title(dataset_label(dataset))
     _legend_below(ax, extra=[_diverged_key()] if (~runs["status"].isin(HEALTHY)).any() else None)
     return fig, drawn
@@ -528,14 +533,14 @@ def save_figure(fig, out_dir: Path, name: str, commit: str | None) -> list[Path]
 
 
 def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, results_dir: Path | None = None,
-                 time: str = "measured") -> dict[str, Any]:
+                 time: str = "measured", bench_dir: Path | None = None) -> dict[str, Any]:
     """Draw every figure into `out_dir`; returns {figure name: {files, runs}} for provenance.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     commit = provenance().get("git_commit")
     record: dict[str, Any] = {}
     time_axis = "wallclock_s"
     if time == "bench":
-        metrics = with_bench_time(runs, metrics, bench_ms_per_step(results_dir or "results")).assign(
+        metrics = with_bench_time(runs, metrics, bench_ms_per_step(bench_dir or results_dir or "results")).assign(
             bench_s=lambda m: m["wallclock_s"])
         time_axis = "bench_s"
 
@@ -586,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <results>/figures/<group>)")
     parser.add_argument("--time", choices=("measured", "bench"), default="measured",
                         help="time axis: the measured training seconds, or steps x the ms/step of a quiet bench")
+    parser.add_argument("--bench", default=None, help="with --time bench: the results folder whose bench/ holds "
+                        "the ms/step tables (default --results)")
     parser.add_argument("--ablation", action="store_true", help="the group is an ablation (scripts/ablations.py): "
                         "draw the final train loss against the ablated setting, and the curves")
     args = parser.parse_args(argv)
@@ -597,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         record = make_ablation_figures(runs, metrics, out_dir, Path(args.results))
     else:
-        record = make_figures(runs, metrics, out_dir, Path(args.results), args.time)
+        record = make_figures(runs, metrics, out_dir, Path(args.results), args.time,
+                              Path(args.bench) if args.bench else None)
     info = {"provenance": provenance(runs), "group": args.group, "time_axis": args.time,
             "figures": record, "runs": run_record(runs)}
     write_json(out_dir / "provenance.json", info)
