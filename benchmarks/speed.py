@@ -233,9 +233,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--scaling", action="store_true", help="also sweep width/depth multipliers 1,2,4 and batch "
                         "sizes 250,1000,4000 (MNIST), with a plot of ms/step against parameter count")
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (e.g. 1, as the CPU campaign's workers)")
     parser.add_argument("--replace", action="store_true", help="overwrite this device's existing table "
                         "(default: write the new one beside it, with a time stamp)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     steps = args.steps or (50 if device.type == "cuda" else 10)

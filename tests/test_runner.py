@@ -8,7 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.optimizers import make_optimizer, make_step, optimizer_info
+from benchmarks.optimizers import make_optimizer, make_step, optimizer_info, optimizer_names
+from benchmarks import data
 from benchmarks.config import CONFIG_DIR, compose_config
 from benchmarks.models import build_autoencoder
 from benchmarks.tracking import METRIC_COLUMNS
@@ -122,25 +123,29 @@ def test_concurrent_writers_of_one_run_are_refused(tmp_path):
 
 
 def test_missing_data_names_the_file(tmp_path):
-    from benchmarks.data import DataError
-
     cfg = compose_config(["dataset=curves", f"dataset.root={tmp_path}", "logger=disabled", f"results_dir={tmp_path}"])
-    with pytest.raises(DataError, match="digs3pts_1.mat"):
+    with pytest.raises(data.DataError, match="digs3pts_1.mat"):
         train(cfg)
 
 
-INNER = sorted(p.stem for p in (CONFIG_DIR / "optimizer" / "inner").glob("*.yaml"))
+INNER = optimizer_names("optimizer/inner_optimizer")
+
+
+def test_every_first_order_optimizer_can_be_locoprops_inner_one():
+    first_order = {n for n in optimizer_names() if optimizer_info(n)["family"] == "first_order"}
+    assert set(INNER) == first_order
 
 
 @pytest.mark.parametrize("inner", INNER)
 def test_locoprop_inner_optimizer_is_selectable_from_the_cli(inner):
-    from baselines.factory import INNER_OPTIMIZER_NAMES
-
-    assert set(INNER) == set(INNER_OPTIMIZER_NAMES)
-    cfg = compose_config(["optimizer=locoprop_m", f"optimizer/inner={inner}"])
+    cfg = compose_config(["optimizer=locoprop_m", f"optimizer/inner_optimizer={inner}"])
     model = build_autoencoder(sizes=[6, 4, 2, 4, 6])
-    opt = make_optimizer(model, dict(cfg.optimizer))
-    assert opt.inner_optimizer.__name__ in {"SGD", "Adam", "RMSprop", "Adagrad", "RMSpropTF1", "AdagradTF1", "AdamTF1"}
+    opt = make_optimizer(model, OmegaConf.to_container(cfg.optimizer))
+    factory = opt.inner_optimizer  # a functools.partial of the class the outer config of that name uses
+    outer = compose_config([f"optimizer={inner}"]).optimizer._target_
+    assert f"{factory.func.__module__}.{factory.func.__name__}".split(".")[-1] == outer.split(".")[-1]
+    settings = OmegaConf.to_container(cfg.optimizer.inner_optimizer)
+    assert factory.keywords == {k: v for k, v in settings.items() if k not in ("_target_", "_partial_", "name")}
     make_step(model, opt)(torch.rand(8, 6))
 
 
@@ -183,7 +188,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     pd.testing.assert_frame_equal(killed[cols], clean[cols])
 
 
-@pytest.mark.parametrize("optimizer", ["locoprop_m", "locoprop_s", "kfac", "shampoo"])
+@pytest.mark.parametrize("optimizer", ["locoprop_m", "locoprop_s", "kfac", "shampoo", "foof", "dtp"])
 def test_model_aware_and_second_order_optimizers_run_end_to_end(tmp_path, optimizer):
     cfg = tiny_cfg(tmp_path, f"optimizer={optimizer}", "epochs=2", "schedule=constant", "throwaway_steps=2")
     summary = train(cfg)
