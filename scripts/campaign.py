@@ -187,15 +187,16 @@ def study_rows(root: Path) -> list[dict]:
     return rows
 
 
-def report(root: str = "results/reference/cpu", bench: str = "results") -> None:
+def report(root: str = "results/reference/cpu", bench: str | None = None) -> None:
     """Figures and tables of every data set's final runs and ablations, and STATUS.md of the studies.
-    The bench-time figures take the ms/step of <bench>/bench/ (a quiet `make bench` of this machine)."""
+    With `bench` (a quiet `make bench` table of the campaign's machine and thread count), also the
+    figures whose time axis is steps x its ms/step (figures_bench_time/)."""
     root_path = Path(root)
     for folder in sorted(p for p in root_path.iterdir() if (p / "runs").is_dir()):
         for group_dir in sorted((folder / "runs").iterdir()):
             group = group_dir.name
             if group == "final":
-                for time_axis in ("measured", "bench"):
+                for time_axis in ("measured", "bench") if bench else ("measured",):
                     out = folder / ("figures" if time_axis == "measured" else "figures_bench_time")
                     figures.main(["--results", str(folder), "--group", group, "--out", str(out), "--time", time_axis,
                                   "--bench", bench])
@@ -225,11 +226,13 @@ def main(argv: list[str] | None = None) -> None:
                         "figures, tables and STATUS.md of --root; 'collect': copy --source's small files into --root")
     parser.add_argument("--root", default="results/reference/cpu", help="the campaign's folder (report, collect)")
     parser.add_argument("--source", default=None, help="with 'collect': the folder a campaign writes elsewhere")
+    parser.add_argument("--bench", default=None, help="with 'report': the bench table (.json) of the campaign's "
+                        "machine and threads, for figures whose time axis is steps x its ms/step")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     args = parser.parse_args(argv)
     if args.plan == "report":
-        report(args.root)
+        report(args.root, args.bench)
         return
     if args.plan == "collect":
         collect(args.source, args.root)

@@ -16,6 +16,7 @@ metadata, and `provenance.json` lists the runs and configs behind each figure.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -68,7 +69,7 @@ METRIC_LABELS = {"train_ce": "train cross-entropy (nats, summed over pixels)",
 SHORT_METRIC_LABELS = {"train_ce": "train CE (nats)", "test_ce": "test CE (nats)", "train_se": "train SE",
                        "test_se": "test SE"}  # in the overview grid; CE and SE are sums over pixels
 TIME_LABELS = {"measured": "training wall-clock (s, measured)",
-               "bench": "training time (s) = steps x ms/step of a quiet `make bench`"}
+               "bench": "training time (s): steps x bench ms/step"}
 
 
 def style_for(optimizer: str) -> dict[str, Any]:
@@ -123,10 +124,13 @@ def heldout_metric(dataset: str) -> str:
 # ---------------------------------------------------------------- time axis
 
 
-def bench_ms_per_step(results_dir: str | Path) -> dict[tuple[str, str, int], float]:
-    """(architecture, optimizer, batch size) -> ms/step from the quiet bench tables under <results_dir>/bench/."""
+def bench_ms_per_step(source: str | Path) -> dict[tuple[str, str, int], float]:
+    """(architecture, optimizer, batch size) -> ms/step from one bench table (a .json file), or from
+    every quiet table under <source>/bench/ (later files win)."""
     table: dict[tuple[str, str, int], float] = {}
-    for _, data in bench_tables(results_dir):
+    source = Path(source)
+    tables = [(source.name, json.loads(source.read_text()))] if source.is_file() else bench_tables(source)
+    for _, data in tables:
         if data.get("busy"):
             continue
         for row in data.get("rows", []):
@@ -591,8 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: <results>/figures/<group>)")
     parser.add_argument("--time", choices=("measured", "bench"), default="measured",
                         help="time axis: the measured training seconds, or steps x the ms/step of a quiet bench")
-    parser.add_argument("--bench", default=None, help="with --time bench: the results folder whose bench/ holds "
-                        "the ms/step tables (default --results)")
+    parser.add_argument("--bench", default=None, help="with --time bench: the bench table (.json) measured in the "
+                        "runs' setting (device, threads), or a results folder whose bench/ holds the tables "
+                        "(default --results)")
     parser.add_argument("--ablation", action="store_true", help="the group is an ablation (scripts/ablations.py): "
                         "draw the final train loss against the ablated setting, and the curves")
     args = parser.parse_args(argv)
