@@ -133,10 +133,12 @@ PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json")
 
 
-def collect(source: str | Path, root: str | Path = "results/reference/cpu") -> int:
+def collect(source: str | Path, root: str | Path = "results/reference/cpu", tuned_from: str | Path | None = None,
+            tuned_dir: str | Path = "results/tuned") -> int:
     """Copy the small files of a campaign running elsewhere (another checkout, a cluster's scratch)
     into `root`: per finished run config.yaml, metrics.csv, summary.json (and reconstructions.npz
-    outside the trials), per study a consistent snapshot of its SQLite file; never checkpoints."""
+    outside the trials), per study a consistent snapshot of its SQLite file; never checkpoints.
+    With `tuned_from`, also the tuned configs there that a study exported (`tuned_source.study_name`)."""
     import shutil
     import sqlite3
 
@@ -158,6 +160,12 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu") -> i
         with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
             src.backup(dst)  # a consistent copy even while a worker writes
         copied += 1
+    for path in sorted(Path(tuned_from).glob("*/*.yaml")) if tuned_from else []:
+        if (yaml.safe_load(path.read_text()) or {}).get("tuned_source", {}).get("study_name"):
+            target = Path(tuned_dir) / path.relative_to(tuned_from)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied += 1
     print(f"collected {copied} files from {source} into {root}")
     return copied
 
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
                         "figures, tables and STATUS.md of --root; 'collect': copy --source's small files into --root")
     parser.add_argument("--root", default="results/reference/cpu", help="the campaign's folder (report, collect)")
     parser.add_argument("--source", default=None, help="with 'collect': the folder a campaign writes elsewhere")
+    parser.add_argument("--tuned-from", default=None, help="with 'collect': that campaign's tuned-config folder")
     parser.add_argument("--bench", default=None, help="with 'report': the bench table (.json) of the campaign's "
                         "machine and threads, for figures whose time axis is steps x its ms/step")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         report(args.root, args.bench)
         return
     if args.plan == "collect":
-        collect(args.source, args.root)
+        collect(args.source, args.root, args.tuned_from)
         return
     if args.threads:
         import torch
