@@ -30,3 +30,37 @@ def test_smallest_bench_writes_table_with_schema(tmp_path, capsys):
 def test_unknown_optimizer_is_named(tmp_path):
     with pytest.raises(SystemExit, match="unknown optimizer"):
         speed.main(["--optimizers", "adamw9", "--out", str(tmp_path)])
+
+
+def _exact_flops(sizes, n, inner_steps=None):
+    """Matmul FLOPs by hand for a chain of Linear layers on n examples (2 per multiply-add).
+
+    Back-prop step: forward 2n*in*out per layer, weight gradient 2n*in*out per layer, input
+    gradient 2n*in*out per layer but the first. LocoProp step (T inner steps): forward, the input
+    gradients (no weight gradients), then per inner step a weight gradient and a bias gemv (2n*out)
+    per layer, and for k >= 1 a forward per layer.
+    """
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    forward = sum(2 * n * i * o for i, o in pairs)
+    input_grads = sum(2 * n * i * o for i, o in pairs[1:])
+    if inner_steps is None:
+        return forward + forward + input_grads
+    inner = sum(2 * n * i * o + 2 * n * o for i, o in pairs)
+    return forward + input_grads + inner_steps * inner + (inner_steps - 1) * forward
+
+
+def test_flop_counter_counts_every_matmul_form_exactly():
+    """FlopCounterMode with the in-place and matrix-vector forms added agrees with hand counts."""
+    import torch
+
+    from benchmarks.config import compose_config
+    from benchmarks.models import build_autoencoder
+    from benchmarks.optimizers import make_optimizer, make_step
+    from omegaconf import OmegaConf
+
+    sizes, n = [20, 8, 4, 8, 20], 16
+    x = torch.rand(n, sizes[0])
+    for name, expected in (("sgd", _exact_flops(sizes, n)), ("locoprop_m", _exact_flops(sizes, n, inner_steps=10))):
+        model = build_autoencoder(sizes=sizes)
+        opt = make_optimizer(model, OmegaConf.to_container(compose_config([f"optimizer={name}"]).optimizer))
+        assert speed.count_flops(make_step(model, opt), x) == expected, name
