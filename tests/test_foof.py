@@ -13,33 +13,16 @@ import torch
 from torch import nn
 
 from baselines.foof import FOOF
-from benchmarks.models import build_autoencoder
+from tests.tiny import SIZES, linears, one_thread, tiny  # noqa: F401 (one_thread: a fixture)
+from tests.tiny import batch as tiny_batch
 
-SIZES = [6, 5, 3, 5, 6]
 N = 10
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 problems: one intra-op thread is fastest and leaves the machine's other cores alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny float64 problems: one thread is fastest
 
 
-def tiny(loss_kind: str = "bernoulli", seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return build_autoencoder(sizes=SIZES, loss_kind=loss_kind).double()
-
-
-def batch(seed: int = 1, n: int = N) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, SIZES[0], generator=g, dtype=torch.float64)
-
-
-def linears(model):
-    return [m for m in model if isinstance(m, nn.Linear)]
+def batch(seed: int = 1, n: int = N, d: int = SIZES[0]) -> torch.Tensor:
+    return tiny_batch(seed, n, d)
 
 
 def wbar(lin: nn.Linear) -> torch.Tensor:

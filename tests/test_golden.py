@@ -19,6 +19,7 @@ import torch
 from benchmarks.config import CONFIG_DIR, compose_config
 from benchmarks.rundir import run_dir_for
 from benchmarks.train import train
+from tests.tiny import one_thread  # noqa: F401 (a fixture)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 COLUMNS = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
@@ -41,14 +42,6 @@ def machine() -> dict[str, str]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "torch": torch.__version__}
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("case", sorted(CASES) if RECORD else sorted(p.stem for p in GOLDEN.glob("*.csv")))

@@ -15,25 +15,15 @@ import yaml
 from torch import nn
 
 from baselines.kfac import KFAC, levenberg_marquardt
-from benchmarks.models import build_autoencoder
+from tests.tiny import SIZES, linears, tiny
+from tests.tiny import batch as tiny_batch
 from locoprop.transfer import get_transfer
 
-SIZES = [6, 5, 3, 5, 6]
 N = 12
 
 
-def tiny(loss_kind: str = "bernoulli", seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return build_autoencoder(sizes=SIZES, loss_kind=loss_kind).double()
-
-
-def batch(seed: int = 1, n: int = N) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, SIZES[0], generator=g, dtype=torch.float64)
-
-
-def linears(model):
-    return [m for m in model if isinstance(m, nn.Linear)]
+def batch(seed: int = 1, n: int = N, d: int = SIZES[0]) -> torch.Tensor:
+    return tiny_batch(seed, n, d)
 
 
 def forward_pre(model, x):
