@@ -44,8 +44,9 @@ def machine() -> dict[str, str]:
     return {"cpu": cpu, "torch": torch.__version__}
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("case", sorted(CASES) if RECORD else sorted(p.stem for p in GOLDEN.glob("*.csv")))
-def test_metrics_equal_the_recorded_golden_run(case, tmp_path, one_thread):
+def test_metrics_equal_the_recorded_golden_run(case, tmp_path):
     if case.startswith("mnist") and not (Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist").is_dir():
         pytest.skip("the real MNIST files are not beside the repository")
     cfg = compose_config([*CASES[case], *COMMON, f"results_dir={tmp_path}"])
