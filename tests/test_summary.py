@@ -156,3 +156,19 @@ def test_no_runs_exits_1_with_a_clear_message(tmp_path, capsys):
     assert summary.main(["--results", str(tmp_path), "--group", "default"]) == 1
     assert "no runs found" in capsys.readouterr().err
     assert not (tmp_path / "summary.md").exists()
+
+
+def test_a_learning_rate_sweep_gives_one_row_per_learning_rate(tmp_path):
+    """The README's sweep (3 learning rates x 3 seeds) is three configurations of 3 seeds each, not
+    one optimizer with 9 'seeds' whose spread is the spread across learning rates."""
+    from tests.fixtures import write_run
+
+    for lr, final in ((1e-4, 40.0), (3e-4, 30.0), (1e-3, 50.0)):
+        for seed in range(3):
+            write_run(tmp_path, "curves_synth", "adam", seed, [100, 60, final + seed], lr=lr)
+    assert summary.main(["--results", str(tmp_path), "--group", "default"]) == 0
+    table = pd.read_csv(tmp_path / "summaries" / "default" / "summary.csv")
+    assert list(table["configuration"]) == ["Adam lr=0.0001", "Adam lr=0.0003", "Adam lr=0.001"]
+    assert list(table["n_seeds"]) == [3, 3, 3]
+    assert table["final_train_ce_mean"].tolist() == pytest.approx([41.0, 31.0, 51.0])
+    assert table["final_train_ce_std"].tolist() == pytest.approx([1.0, 1.0, 1.0])
