@@ -24,6 +24,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from benchmarks.config import check_renamed
 from benchmarks.fast import CudaGraphStep, compiled_step
@@ -242,7 +243,7 @@ class Run:
                  "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name, "seed": int(cfg.seed),
                  "steps_per_epoch": self.steps_per_epoch, "eval_every": int(cfg.eval_every),
                  "torch": torch.__version__, "git_commit": git_commit(), "load_average_start": self.load_start,
-                 "load_average_end": load_average(), "cpu_count": _cpu_count()}
+                 "load_average_end": load_average(), "cpu_count": os.cpu_count()}
         summary = summarize_rows(self.rows, status, reason, self.primary, extra)
         atomic_write_json(self.run_dir / "summary.json", summary)
         if status in (*FINAL_STATUSES, "pruned"):
@@ -250,10 +251,6 @@ class Run:
         if self.logger is not None:
             self.logger.finish(summary)
         return summary
-
-
-def _cpu_count() -> int | None:
-    return os.cpu_count()
 
 
 def start_run(cfg: DictConfig) -> Run:
@@ -312,7 +309,6 @@ def prepare(run: Run) -> None:
     run.logger = WandbLogger(cfg.logger, run.run_dir, OmegaConf.to_container(cfg, resolve=True), name=name,
                              group=str(cfg.group), run_id=wandb_id)
     if cfg.progress:
-        from tqdm import tqdm
         steps = run.steps_per_epoch
         run.bar = tqdm(total=run.n_epochs * steps, initial=(run.start_epoch - 1) * steps, desc=name, unit="step",
                        file=sys.stderr, dynamic_ncols=True)
