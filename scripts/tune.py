@@ -168,6 +168,9 @@ class Search:
             recorded = study.user_attrs.get("protocol")
             wanted = {**p.as_dict(), "search_space": self.space}
             wanted.pop("seeds")  # validation, not search: may grow later
+            defaults = Protocol().as_dict()
+            if recorded is not None:  # a setting added since the study began counts as its default then
+                wanted = {k: v for k, v in wanted.items() if k in recorded or v != defaults.get(k)}
             if recorded is None:
                 study.set_user_attr("protocol", wanted)
             elif recorded != wanted:
@@ -282,8 +285,11 @@ class Search:
         return [self.config(best.params, seed=s, group=FINAL_GROUP) for s in range(self.protocol.seeds)]
 
     def _promote_winner(self, cfg: DictConfig) -> bool:
-        """Seed 0 of the winner is the winning trial itself: copy its finished run into `final`."""
-        source = run_dir_for(self.config(self.best().params, seed=0, group=TRIAL_GROUP))
+        """Seed 0 of the winner is the winning trial itself: copy its finished run into `final`.
+        The trial's own record says where its run is (its run id may come from an older version)."""
+        best = self.best()
+        source = self.results / best.user_attrs["run_dir"] if "run_dir" in best.user_attrs \
+            else run_dir_for(self.config(best.params, seed=0, group=TRIAL_GROUP))
         target = run_dir_for(cfg)
         summary = read_summary(source)
         if read_summary(target) is not None or summary is None:
@@ -309,6 +315,8 @@ class Search:
             return "trial"
         if not self.search_done():
             return "busy"
+        if self.best() is not None and self.exported() == (self.best().number, list(range(self.protocol.seeds))):
+            return "done"  # exported with these seeds: nothing to check again
         if self.best() is None:
             print(f"[tune] {self.study.study_name}: no trial completed; nothing to export")
             return "done"
