@@ -41,7 +41,7 @@ RUN_KEYS = ("group", "dataset", "optimizer", "config_id", "seed", "run_id")
 # keys of older run configs that never changed the trained numbers
 LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
 
-__all__ = ["HEALTHY", "architecture", "bench_tables", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
+__all__ = ["HEALTHY", "architecture", "bench_tables", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
            "read_summary", "primary_metric", "dataset_label", "is_gaussian", "load_reconstructions", "optimizer_label"]
 
 
@@ -70,6 +70,22 @@ def architecture(dataset: str) -> str:
 def bench_tables(results_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """(file name, table) of every speed-bench table under <results>/bench/ (see benchmarks.speed)."""
     return [(path.name, json.loads(path.read_text())) for path in sorted(Path(results_dir, "bench").glob("*.json"))]
+
+
+def bench_ms_per_step(source: str | Path) -> dict[tuple[str, str, int], float]:
+    """(architecture, optimizer, batch size) -> ms/step from one bench table (a .json file), or from
+    every quiet table under <source>/bench/ (later files win). Tables measured on a busy machine
+    are left out."""
+    source = Path(source)
+    tables = [(source.name, json.loads(source.read_text()))] if source.is_file() else bench_tables(source)
+    table: dict[tuple[str, str, int], float] = {}
+    for _, data in tables:
+        if data.get("busy"):
+            continue
+        for row in data.get("rows", []):
+            if row.get("ms_per_step") and row.get("width_multiplier", 1) == 1 and row.get("depth_multiplier", 1) == 1:
+                table[(row["dataset"], row["optimizer"], int(row["batch_size"]))] = float(row["ms_per_step"])
+    return table
 
 
 def write_text(path: str | Path, text: str) -> None:

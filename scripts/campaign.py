@@ -208,7 +208,8 @@ def report(root: str = "results/reference/cpu", bench: str | None = None) -> Non
                     out = folder / ("figures" if time_axis == "measured" else "figures_bench_time")
                     figures.main(["--results", str(folder), "--group", group, "--out", str(out), "--time", time_axis,
                                   "--bench", bench])
-                summary_script.main(["--results", str(folder), "--group", group, "--out", str(folder)])
+                summary_script.main(["--results", str(folder), "--group", group, "--out", str(folder),
+                                     *(["--bench", bench] if bench else [])])
             elif group.startswith("ablation-"):
                 figures.main(["--results", str(folder), "--group", group, "--ablation",
                               "--out", str(folder / "figures" / group)])

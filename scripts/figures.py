@@ -16,7 +16,6 @@ metadata, and `provenance.json` lists the runs and configs behind each figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -32,7 +31,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.results import (HEALTHY, architecture, bench_tables, dataset_label, is_gaussian,  # noqa: E402
+from benchmarks.results import (HEALTHY, architecture, bench_ms_per_step, dataset_label, is_gaussian,  # noqa: E402
                                 load_reconstructions, load_runs_or_explain, optimizer_label, primary_metric,
                                 provenance, run_record, setting_name, setting_text, varying_settings, write_json)
 
@@ -122,21 +121,6 @@ def heldout_metric(dataset: str) -> str:
 
 
 # ---------------------------------------------------------------- time axis
-
-
-def bench_ms_per_step(source: str | Path) -> dict[tuple[str, str, int], float]:
-    """(architecture, optimizer, batch size) -> ms/step from one bench table (a .json file), or from
-    every quiet table under <source>/bench/ (later files win)."""
-    table: dict[tuple[str, str, int], float] = {}
-    source = Path(source)
-    tables = [(source.name, json.loads(source.read_text()))] if source.is_file() else bench_tables(source)
-    for _, data in tables:
-        if data.get("busy"):
-            continue
-        for row in data.get("rows", []):
-            if row.get("ms_per_step") and row.get("width_multiplier", 1) == 1 and row.get("depth_multiplier", 1) == 1:
-                table[(row["dataset"], row["optimizer"], int(row["batch_size"]))] = float(row["ms_per_step"])
-    return table
 
 
 def with_bench_time(runs: pd.DataFrame, metrics: pd.DataFrame, bench: dict) -> pd.DataFrame:

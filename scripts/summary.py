@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import HEALTHY, load_runs_or_explain, primary_metric, provenance, run_record, write_json, write_text
+from benchmarks.results import (HEALTHY, architecture, bench_ms_per_step, load_runs_or_explain, primary_metric,
+                                provenance, run_record, write_json, write_text)
 
 LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
 DEFAULT_TARGET_FACTOR = 1.05
@@ -84,8 +85,13 @@ def time_to_target(metrics: pd.DataFrame, column: str, target: float) -> tuple[f
     return float(first["epoch"]), float(first["wallclock_s"])
 
 
-def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, float] | None = None) -> pd.DataFrame:
-    """One row per dataset x optimizer x configuration with every number of the table (unformatted)."""
+def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, float] | None = None,
+              bench: dict[tuple[str, str, int], float] | None = None) -> pd.DataFrame:
+    """One row per dataset x optimizer x configuration with every number of the table (unformatted).
+
+    With `bench` (see `benchmarks.results.bench_ms_per_step`), also the bench's ms/step and the time
+    to target it implies (epochs x steps per epoch x ms/step), which a loaded machine cannot inflate.
+    """
     targets = {**default_targets(runs), **(targets or {})}
     rows = []
     for (dataset, optimizer, config_id), own in runs.groupby(["dataset", "optimizer", "config_id"], sort=True):
@@ -112,6 +118,12 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
         row.update(target=target, n_reached_target=len(reached),
                    epochs_to_target=float(np.mean([r[0] for r in reached])) if reached else math.nan,
                    seconds_to_target=float(np.mean([r[1] for r in reached])) if reached else math.nan)
+        if bench is not None:
+            batch = int(own["cfg.batch_size"].iloc[0]) if "cfg.batch_size" in own else 1000
+            ms = bench.get((architecture(dataset), optimizer, batch), math.nan)
+            steps = float(own["steps_per_epoch"].iloc[0]) if "steps_per_epoch" in own else math.nan
+            row.update(bench_ms_per_step=ms,
+                       bench_seconds_to_target=row["epochs_to_target"] * steps * ms / 1e3)
         reference = REFERENCE_VALUES.get((dataset, optimizer))
         row["reference"] = (f"{reference['metric']} = {reference['value']}" if reference else "")
         row["reference_source"] = reference["source"] if reference else ""
@@ -143,7 +155,10 @@ def dataset_table(table: pd.DataFrame) -> str:
     for loss in losses:
         split, kind = loss.split("_")
         header += [f"final {split} {kind.upper()}", f"best {split} {kind.upper()}"]
-    header += ["ms/step", "wall-clock (s, all seeds)", "epochs to target", "s to target", "reference"]
+    bench = "bench_ms_per_step" in table
+    header += ["ms/step", "wall-clock (s, all seeds)", "epochs to target", "s to target"]
+    header += ["bench ms/step", "bench s to target"] if bench else []
+    header += ["reference"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
         cells = [r["configuration"], str(r["n_seeds"]), f"{r['n_diverged']}/{r['n_seeds']}"]
@@ -153,7 +168,11 @@ def dataset_table(table: pd.DataFrame) -> str:
         reference = f"{r['reference']} ({r['reference_source']})" if r["reference"] else ""
         cells += [_fmt(r["step_ms_median"], digits=3), _fmt(r["wallclock_s_total"], digits=4),
                   _reach(r["epochs_to_target"], r["n_reached_target"], r["n_healthy"], digits=3),
-                  _reach(r["seconds_to_target"], r["n_reached_target"], r["n_healthy"]), reference]
+                  _reach(r["seconds_to_target"], r["n_reached_target"], r["n_healthy"])]
+        if bench:
+            cells += [_fmt(r["bench_ms_per_step"], digits=3),
+                      _reach(r["bench_seconds_to_target"], r["n_reached_target"], r["n_healthy"])]
+        cells += [reference]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -189,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="results", help="results directory holding runs/")
     parser.add_argument("--group", default="default", help="experiment group (runs/<group>/...)")
     parser.add_argument("--out", default=None, help="output folder (default: <results>/summaries/<group>)")
+    parser.add_argument("--bench", default=None, help="a bench table (.json) measured in the runs' setting: adds "
+                        "its ms/step and the time to target it implies (immune to a loaded machine)")
     parser.add_argument("--targets", type=parse_targets, default={},
                         help="target train loss per dataset, e.g. mnist=60,curves=3 (default: 1.05 x best)")
     args = parser.parse_args(argv)
@@ -197,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runs, metrics = loaded
     out_dir = Path(args.out) if args.out else Path(args.results) / "summaries" / args.group
-    table = summarize(runs, metrics, args.targets)
+    table = summarize(runs, metrics, args.targets, bench_ms_per_step(args.bench) if args.bench else None)
     info = provenance(runs)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)

@@ -172,3 +172,20 @@ def test_a_learning_rate_sweep_gives_one_row_per_learning_rate(tmp_path):
     assert list(table["n_seeds"]) == [3, 3, 3]
     assert table["final_train_ce_mean"].tolist() == pytest.approx([41.0, 31.0, 51.0])
     assert table["final_train_ce_std"].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_bench_columns_turn_epochs_to_target_into_unloaded_seconds(results, tmp_path):
+    """With a quiet bench table, time to target = epochs x steps per epoch x the bench's ms/step;
+    a table measured on a busy machine is not used."""
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"busy": False, "rows": [
+        {"dataset": "curves", "optimizer": "locoprop_m", "batch_size": 100, "ms_per_step": 50.0}]}))
+    _, t, md, _ = _run(results, tmp_path / "out", "--bench", str(bench))
+    lm = t.loc[("curves_synth", "locoprop_m")]  # reaches the target at epoch 4; 10 steps per epoch
+    assert lm["bench_ms_per_step"] == 50.0 and lm["bench_seconds_to_target"] == pytest.approx(4 * 10 * 0.05)
+    assert math.isnan(t.loc[("curves_synth", "adam"), "bench_ms_per_step"])  # no bench row for it
+    assert "bench s to target" in md
+    bench.write_text(json.dumps({"busy": True, "rows": [
+        {"dataset": "curves", "optimizer": "locoprop_m", "batch_size": 100, "ms_per_step": 50.0}]}))
+    _, t, _, _ = _run(results, tmp_path / "busy", "--bench", str(bench))
+    assert math.isnan(t.loc[("curves_synth", "locoprop_m"), "bench_ms_per_step"])
