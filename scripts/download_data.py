@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.workloads import load_dataset
+from benchmarks.workloads import WORKLOADS, load_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="data")
-    parser.add_argument("--datasets", nargs="+", default=["mnist", "faces", "curves"])
+    real = [name for name, workload in WORKLOADS.items() if workload.real is None]
+    parser.add_argument("--datasets", nargs="+", default=real, choices=real)
     args = parser.parse_args(argv)
     for name in args.datasets:
         root = Path(args.root) / name
