@@ -277,8 +277,17 @@ class Search:
         return not busy and (len(finished) >= self.protocol.trials or len(failures) >= self.protocol.trials)
 
     def best(self) -> optuna.trial.FrozenTrial | None:
+        """The winner: the complete trial with the lowest objective. When no trial completed (every
+        one pruned or diverged), the pruned, not diverged trial that got furthest, lowest last loss
+        first; its seeds then all run at full length (none of them is the cut-short trial)."""
         complete = self.trials(TrialState.COMPLETE)
-        return min(complete, key=lambda t: t.value) if complete else None
+        if complete:
+            return min(complete, key=lambda t: t.value)
+        survivors = [t for t in self.trials(TrialState.PRUNED)
+                     if t.user_attrs.get("status") == "pruned" and t.intermediate_values]
+        if not survivors:
+            return None
+        return min(survivors, key=lambda t: (-max(t.intermediate_values), t.intermediate_values[max(t.intermediate_values)]))
 
     def seed_configs(self) -> list[DictConfig]:
         best = self.best()
@@ -292,7 +301,7 @@ class Search:
             else run_dir_for(self.config(best.params, seed=0, group=TRIAL_GROUP))
         target = run_dir_for(cfg)
         summary = read_summary(source)
-        if read_summary(target) is not None or summary is None:
+        if read_summary(target) is not None or summary is None or summary["status"] not in ("finished", "stopped"):
             return False
         target.mkdir(parents=True, exist_ok=True)
         for name in ("config.yaml", "metrics.csv", "reconstructions.npz"):
@@ -383,7 +392,11 @@ class Search:
             "trial_overrides": list(p.overrides),
             "objective": f"best full-evaluation {primary} of the trial",
             "best_trial": best.number,
-            "best_value": float(best.value),
+            "best_value": float(best.value) if best.value is not None else None,
+            "winner": ("the complete trial with the lowest objective" if best.state == TrialState.COMPLETE else
+                       f"no trial completed: trial {best.number}, pruned at epoch {max(best.intermediate_values)} "
+                       f"(running loss {best.intermediate_values[max(best.intermediate_values)]:.4g}), got furthest; "
+                       "all its seeds ran at full length without pruning"),
             "validation": validation,
             "device": seeds[0].get("device"),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -172,3 +172,25 @@ def test_two_workers_share_one_study_and_finish_exactly_the_budget(tmp_path):
     owners = {t.user_attrs["owner"] for t in trials}
     assert len(owners) == 2  # both processes ran trials
     assert (tmp_path / "tuned/curves_synth/sgd.yaml").exists()
+
+
+def test_when_no_trial_completes_the_furthest_pruned_one_is_validated_at_full_length(tmp_path, monkeypatch):
+    """Every trial ends early (a notebook-style exit at once): the winner is the pruned trial that got
+    furthest with the lowest loss, and all its seeds, seed 0 too, run the whole schedule."""
+    workload = WORKLOADS["curves_synth"]
+    exits = {"max_loss": None, "max_best_loss": None, "patience_epoch": 3, "patience_loss": 1.0}
+    monkeypatch.setitem(WORKLOADS, "curves_synth", dataclasses.replace(workload, tuning_exits=exits))
+    search = tiny_search(tmp_path, trials=2, seeds=2)
+    search.study.enqueue_trial({"optimizer.lr": 0.05})
+    search.study.enqueue_trial({"optimizer.lr": 1e-3})
+    while search.step() != "done":
+        pass
+    trials = search.study.get_trials()
+    assert all(t.state == TrialState.PRUNED for t in trials)
+    furthest = max(max(t.intermediate_values) for t in trials)
+    at_furthest = {t.number: t.intermediate_values[furthest] for t in trials if furthest in t.intermediate_values}
+    assert search.best().number == min(at_furthest, key=at_furthest.get)
+    source = yaml.safe_load(search.tuned_path.read_text())["tuned_source"]
+    assert source["winner"].startswith("no trial completed") and source["validation"]["statuses"] == ["finished"] * 2
+    for run in source["validation"]["runs"]:
+        assert yaml.safe_load((search.results / run / "summary.json").read_text())["epochs_completed"] == 7
