@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
+import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
 import optuna
+import torch
 import yaml
 from omegaconf import DictConfig
 
@@ -133,15 +137,30 @@ PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json")
 
 
+def _finished_trials(db: Path) -> int:
+    """Trials that have ended (complete, pruned or failed) in a study file; 0 when it holds none."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT COUNT(*) FROM trials WHERE state NOT IN ('RUNNING', 'WAITING')").fetchone()[0]
+    except sqlite3.Error:  # created, no study in it yet
+        return 0
+
+
+def _export_date(path: Path) -> str:
+    source = (yaml.safe_load(path.read_text()) or {}).get("tuned_source", {}) if path.exists() else {}
+    return str(source.get("date", "")) if source.get("study_name") else ""
+
+
 def collect(source: str | Path, root: str | Path = "results/reference/cpu", tuned_from: str | Path | None = None,
             tuned_dir: str | Path = "results/tuned") -> int:
     """Copy the small files of a campaign running elsewhere (another checkout, a cluster's scratch)
     into `root`: per finished run config.yaml, metrics.csv, summary.json (and reconstructions.npz
     outside the trials), per study a consistent snapshot of its SQLite file; never checkpoints.
-    With `tuned_from`, also the tuned configs there that a study exported (`tuned_source.study_name`)."""
-    import shutil
-    import sqlite3
-
+    With `tuned_from`, also the tuned configs there that a study exported (`tuned_source.study_name`).
+    Nothing newer is overwritten by something older: a study file only replaces one with fewer
+    ended trials, a tuned config only one exported earlier (or not exported by a study)."""
     source, root = Path(source), Path(root)
     copied = 0
     for summary in sorted(source.glob("*/runs/*/*/*/*/summary.json")):
@@ -156,19 +175,21 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu", tune
                 copied += 1
     for db in sorted(source.glob("*/tuning/*/*.db")):
         target = root / db.relative_to(source)
+        if _finished_trials(db) < _finished_trials(target):
+            print(f"kept {target}: it holds more ended trials than {db}")
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
             src.backup(dst)  # a consistent copy even while a worker writes
         copied += 1
     for path in sorted(Path(tuned_from).glob("*/*.yaml")) if tuned_from else []:
-        if (yaml.safe_load(path.read_text()) or {}).get("tuned_source", {}).get("study_name"):
-            target = Path(tuned_dir) / path.relative_to(tuned_from)
+        target = Path(tuned_dir) / path.relative_to(tuned_from)
+        if _export_date(path) and _export_date(path) >= _export_date(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             copied += 1
     print(f"collected {copied} files from {source} into {root}")
     return copied
-
 
 
 def study_rows(root: Path) -> list[dict]:
@@ -248,12 +269,10 @@ def main(argv: list[str] | None = None) -> None:
         collect(args.source, args.root, args.tuned_from)
         return
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     children = []
     if args.workers > 1:
-        import subprocess
         cmd = [sys.executable, "-m", "scripts.campaign", args.plan, "--workers", "1"]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         children = [subprocess.Popen(cmd) for _ in range(args.workers - 1)]

@@ -1,0 +1,104 @@
+"""scripts.campaign: the shipped plans give every optimizer the same budget, and `collect` copies a
+campaign's small files without checkpoints and without replacing newer results by older ones."""
+import os
+import sqlite3
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from benchmarks.optimizers import paper_optimizers
+from scripts import campaign
+from scripts.tune import Search
+
+
+def _searches(plan) -> list[Search]:
+    return [item for item in plan if isinstance(item, Search)]
+
+
+def test_every_optimizer_on_a_dataset_gets_the_same_budget_and_pruning(tmp_path):
+    searches = _searches(campaign.cpu_reference(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
+    searches += _searches(campaign.cpu_relatives(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
+    curves = [s for s in searches if s.dataset == "curves_synth"]
+    assert {s.optimizer for s in curves} == {*paper_optimizers(), "foof", "dtp"}
+    for dataset, trials, seeds in (("curves_synth", 16, 3), ("mnist", 8, 1)):
+        protocols = [s.protocol for s in searches if s.dataset == dataset]
+        assert all(p == protocols[0] for p in protocols), f"unequal protocols on {dataset}: {protocols}"
+        protocol = protocols[0]
+        assert (protocol.trials, protocol.seeds) == (trials, seeds)
+    mnist = {s.optimizer for s in searches if s.dataset == "mnist"}
+    assert mnist == ({*paper_optimizers(), "foof", "dtp"} - {"locoprop_m"})  # LocoProp-M: published defaults
+    assert all(s.tuned_path.parent.name == "curves" for s in curves)  # exported as the stand-in's real data set
+
+
+def _study(path, finished: int, running: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name="curves_synth-sgd", storage=f"sqlite:///{path}")
+    for k in range(finished):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=float(k)))
+    for _ in range(running):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.RUNNING))
+
+
+def _count(path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+
+
+def _tuned(path, date: str | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = {"study_name": "curves_synth-sgd", "date": date} if date else {"kind": "published"}
+    path.write_text(yaml.safe_dump({"optimizer": {"lr": 0.1}, "tuned_source": source}))
+
+
+def test_collect_copies_small_files_never_checkpoints(tmp_path):
+    run = tmp_path / "src" / "curves_synth" / "runs" / "final" / "curves_synth" / "sgd" / "seed0-abc"
+    run.mkdir(parents=True)
+    for name in ("config.yaml", "metrics.csv", "summary.json", "reconstructions.npz", "checkpoint.pt"):
+        (run / name).write_text(name)
+    trial = tmp_path / "src" / "curves_synth" / "runs" / "tune" / "curves_synth" / "sgd" / "seed0-def"
+    trial.mkdir(parents=True)
+    for name in ("config.yaml", "metrics.csv", "summary.json", "reconstructions.npz", "checkpoint.pt"):
+        (trial / name).write_text(name)
+    _study(tmp_path / "src" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db", finished=3, running=1)
+    campaign.collect(tmp_path / "src", root=tmp_path / "dst")
+    final = tmp_path / "dst" / run.relative_to(tmp_path / "src")
+    assert sorted(p.name for p in final.iterdir()) == ["config.yaml", "metrics.csv", "reconstructions.npz",
+                                                       "summary.json"]
+    tuned = tmp_path / "dst" / trial.relative_to(tmp_path / "src")
+    assert sorted(p.name for p in tuned.iterdir()) == ["config.yaml", "metrics.csv", "summary.json"]
+    assert _count(tmp_path / "dst" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db") == 4
+    rows = campaign.study_rows(tmp_path / "dst")
+    assert [(r["complete"], r["running"], r["best"]) for r in rows] == [(3, 1, 0.0)]
+
+
+def test_collect_never_replaces_a_study_with_fewer_ended_trials(tmp_path):
+    src = tmp_path / "src" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db"
+    dst = tmp_path / "dst" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db"
+    _study(src, finished=2, running=3)  # an older copy: more rows, fewer ended trials
+    _study(dst, finished=4)
+    campaign.collect(tmp_path / "src", root=tmp_path / "dst")
+    assert _count(dst) == 4
+    _study(src.with_name("other.db"), finished=5)
+    os.replace(src.with_name("other.db"), src)
+    campaign.collect(tmp_path / "src", root=tmp_path / "dst")
+    assert _count(dst) == 5
+
+
+@pytest.mark.parametrize("source_date, target_date, copied", [
+    ("2026-11-29T20:00:00Z", "2026-11-29T19:00:00Z", True),   # a newer export replaces an older one
+    ("2026-11-29T18:00:00Z", "2026-11-29T19:00:00Z", False),  # an older export is left out
+    ("2026-11-29T18:00:00Z", None, True),                     # any export replaces an earlier hand-made config
+    (None, "2026-11-29T19:00:00Z", False),                    # a config no study exported is never collected
+])
+def test_collect_takes_a_tuned_config_only_when_newer(tmp_path, source_date, target_date, copied):
+    (tmp_path / "src").mkdir()
+    _tuned(tmp_path / "tuned_src" / "curves" / "sgd.yaml", source_date)
+    _tuned(tmp_path / "tuned_dst" / "curves" / "sgd.yaml", target_date)
+    before = (tmp_path / "tuned_dst" / "curves" / "sgd.yaml").read_text()
+    campaign.collect(tmp_path / "src", root=tmp_path / "dst", tuned_from=tmp_path / "tuned_src",
+                     tuned_dir=tmp_path / "tuned_dst")
+    after = (tmp_path / "tuned_dst" / "curves" / "sgd.yaml").read_text()
+    assert (after == (tmp_path / "tuned_src" / "curves" / "sgd.yaml").read_text()) is copied
+    assert (after == before) is (not copied)
