@@ -137,15 +137,16 @@ PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json")
 
 
-def _finished_trials(db: Path) -> int:
-    """Trials that have ended (complete, pruned or failed) in a study file; 0 when it holds none."""
+def _trial_counts(db: Path) -> tuple[int, int]:
+    """(trials that have ended: complete, pruned or failed; all trials) in a study file."""
     if not db.exists():
-        return 0
+        return 0, 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT COUNT(*) FROM trials WHERE state NOT IN ('RUNNING', 'WAITING')").fetchone()[0]
+            ended, total = conn.execute("SELECT SUM(state NOT IN ('RUNNING', 'WAITING')), COUNT(*) FROM trials").fetchone()
+            return ended or 0, total
     except sqlite3.Error:  # created, no study in it yet
-        return 0
+        return 0, 0
 
 
 def _export_date(path: Path) -> str:
@@ -160,7 +161,8 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu", tune
     outside the trials), per study a consistent snapshot of its SQLite file; never checkpoints.
     With `tuned_from`, also the tuned configs there that a study exported (`tuned_source.study_name`).
     Nothing newer is overwritten by something older: a study file only replaces one with fewer
-    ended trials, a tuned config only one exported earlier (or not exported by a study)."""
+    ended trials (or as many, and fewer started), a tuned config only one exported earlier (or
+    not exported by a study)."""
     source, root = Path(source), Path(root)
     copied = 0
     for summary in sorted(source.glob("*/runs/*/*/*/*/summary.json")):
@@ -175,8 +177,7 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu", tune
                 copied += 1
     for db in sorted(source.glob("*/tuning/*/*.db")):
         target = root / db.relative_to(source)
-        if _finished_trials(db) < _finished_trials(target):
-            print(f"kept {target}: it holds more ended trials than {db}")
+        if _trial_counts(db) <= _trial_counts(target):  # nothing new there
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:

@@ -84,6 +84,13 @@ def test_collect_never_replaces_a_study_with_fewer_ended_trials(tmp_path):
     os.replace(src.with_name("other.db"), src)
     campaign.collect(tmp_path / "src", root=tmp_path / "dst")
     assert _count(dst) == 5
+    os.utime(dst, (0, 0))  # the same study again: left as it is
+    campaign.collect(tmp_path / "src", root=tmp_path / "dst")
+    assert dst.stat().st_mtime == 0
+    _study(src.with_name("other.db"), finished=5, running=1)  # as many ended, one more started
+    os.replace(src.with_name("other.db"), src)
+    campaign.collect(tmp_path / "src", root=tmp_path / "dst")
+    assert _count(dst) == 6
 
 
 @pytest.mark.parametrize("source_date, target_date, copied", [
