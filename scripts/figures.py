@@ -85,7 +85,7 @@ def _log_axis(axis, values: np.ndarray) -> None:
     finite = values[np.isfinite(values) & (values > 0)]
     axis.axes.set_yscale("log") if axis is axis.axes.yaxis else axis.axes.set_xscale("log")
     span = finite.max() / finite.min() if finite.size else 10.0
-    subs = (1.0, 2.0, 5.0) if span > 20 else (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    subs = (1.0, 2.0, 5.0) if span > 20 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     formatter = ScalarFormatter()
     formatter.set_scientific(False)
