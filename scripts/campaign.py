@@ -185,7 +185,8 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu", tune
         copied += 1
     for path in sorted(Path(tuned_from).glob("*/*.yaml")) if tuned_from else []:
         target = Path(tuned_dir) / path.relative_to(tuned_from)
-        if _export_date(path) and _export_date(path) >= _export_date(target):
+        date = _export_date(path)
+        if date and date >= _export_date(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             copied += 1

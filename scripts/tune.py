@@ -324,11 +324,12 @@ class Search:
             return "trial"
         if not self.search_done():
             return "busy"
-        if self.best() is not None and self.exported() == (self.best().number, list(range(self.protocol.seeds))):
-            return "done"  # exported with these seeds: nothing to check again
-        if self.best() is None:
-            print(f"[tune] {self.study.study_name}: no trial completed; nothing to export")
+        best = self.best()
+        if best is None:
+            print(f"[tune] {self.study.study_name}: every trial failed or diverged; nothing to export")
             return "done"
+        if self.exported() == (best.number, list(range(self.protocol.seeds))):
+            return "done"  # exported with these seeds: nothing to check again
         for cfg in self.seed_configs():
             if cfg.seed == 0 and self._promote_winner(cfg):
                 return "seed"
