@@ -44,8 +44,8 @@ from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, work
 class Runs:
     """Plain runs of fixed configs (e.g. a published default over seeds), one per `step()`."""
 
-    def __init__(self, configs: Callable[[], list[DictConfig]]):
-        self.configs = configs
+    def __init__(self, dataset: str, configs: Callable[[], list[DictConfig]]):
+        self.dataset, self.configs = dataset, configs
 
     def step(self) -> str:
         busy = False
@@ -67,6 +67,7 @@ class BestOf:
 
     def __init__(self, searches: list[Search], seeds: int):
         self.searches, self.seeds = searches, seeds
+        self.dataset = searches[0].dataset
         self.chosen: Search | None = None
 
     def step(self) -> str:
@@ -91,7 +92,7 @@ def published_default_runs(dataset: str, optimizer: str, results: str, seeds: ra
         return [compose_config([f"tuned={dataset}/{optimizer}", f"dataset={dataset}", f"seed={s}", "group=final",
                                 f"results_dir={results}", f"eval_every={eval_every}", *RUN_OVERRIDES])
                 for s in seeds]
-    return Runs(configs)
+    return Runs(dataset, configs)
 
 
 def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
@@ -112,7 +113,7 @@ def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results
 
 
 def ablation_runs(name: str, results: str) -> Runs:
-    return Runs(lambda: ablation_configs(name, results=results))
+    return Runs("curves_synth", lambda: ablation_configs(name, results=results))
 
 
 def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
@@ -130,6 +131,19 @@ def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results
 
 
 PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
+
+
+def plan_items(plan: str, only: str | None = None) -> list:
+    """The items of a plan, or only those of one data set (a campaign split across machines or
+    commits: e.g. the CURVES-like half finished at one commit, the MNIST half resumed at another)."""
+    items = PLANS[plan]()
+    if only is None:
+        return items
+    kept = [item for item in items if item.dataset == only]
+    if not kept:
+        raise SystemExit(f"plan {plan} has no items for data set {only!r}; it has "
+                         f"{', '.join(sorted({item.dataset for item in items}))}")
+    return kept
 
 
 # ----------------------------------------------------------------------------- collect and report
@@ -261,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tuned-from", default=None, help="with 'collect': that campaign's tuned-config folder")
     parser.add_argument("--bench", default=None, help="with 'report': the bench table (.json) of the campaign's "
                         "machine and threads, for figures whose time axis is steps x its ms/step")
+    parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     args = parser.parse_args(argv)
@@ -277,9 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers > 1:
         cmd = [sys.executable, "-m", "scripts.campaign", args.plan, "--workers", "1"]
         cmd += ["--threads", str(args.threads)] if args.threads else []
+        cmd += ["--only", args.only] if args.only else []
         children = [subprocess.Popen(cmd) for _ in range(args.workers - 1)]
     try:
-        work(PLANS[args.plan]())
+        work(plan_items(args.plan, args.only))
     finally:
         for child in children:
             child.wait()

@@ -109,3 +109,15 @@ def test_collect_takes_a_tuned_config_only_when_newer(tmp_path, source_date, tar
     after = (tmp_path / "tuned_dst" / "curves" / "sgd.yaml").read_text()
     assert (after == (tmp_path / "tuned_src" / "curves" / "sgd.yaml").read_text()) is copied
     assert (after == before) is (not copied)
+
+
+def test_a_plan_can_be_cut_to_one_dataset(monkeypatch, tmp_path):
+    monkeypatch.setitem(campaign.PLANS, "cpu-reference",
+                        lambda: campaign.cpu_reference(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
+    full = campaign.PLANS["cpu-reference"]()
+    mnist = campaign.plan_items("cpu-reference", "mnist")
+    assert {item.dataset for item in mnist} == {"mnist"}
+    assert len(mnist) == sum(item.dataset == "mnist" for item in full) > 0
+    assert isinstance(mnist[0], campaign.Runs)  # LocoProp-M's published defaults come first, as in the full plan
+    with pytest.raises(SystemExit, match="no items for data set 'faces'"):
+        campaign.plan_items("cpu-reference", "faces")
