@@ -27,7 +27,7 @@ test:  ## the full test suite (CPU, offline; < 15 min on 2 cores)
 demo:  ## < 3 min offline on 2 CPU cores: LocoProp-M, K-FAC and RMSProp on CURVES-like data, figures and table
 	$(PYTHON) -m scripts.demo --results $(RESULTS)/demo
 
-train:  ## one training run: make train ARGS="dataset=mnist dataset.root=../shared/data/mnist optimizer=adam epochs=1"
+train:  ## one training run: make train ARGS="dataset=mnist dataset.root=data/mnist optimizer=adam epochs=1"
 	$(PYTHON) -m benchmarks.train $(ARGS)
 
 bench:  ## speed table (ms/step, ratios) for every optimizer on this machine

@@ -30,18 +30,15 @@ class DataError(RuntimeError):
 
 # ----------------------------------------------------------------------------- locations
 
-def shared_dir() -> Path:
-    """The shared folder beside the repository (or $LOCOPROP_SHARED), holding shared/data/."""
-    env = os.environ.get("LOCOPROP_SHARED")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared"
+DATA_ENV = "LOCOPROP_DATA"  # a folder holding one sub-folder per data set: mnist/, faces/, curves/, olivetti/
 
 
 def default_root(name: str) -> Path:
-    """Where a dataset is looked for when no root is given: shared/data/<name> if present, else ./data/<name>."""
-    shared = shared_dir() / "data" / name
-    return shared if shared.is_dir() else Path("data") / name
+    """Where a data set is looked for when no root is given: $LOCOPROP_DATA/<name> when that
+    variable is set (one place for every data set, e.g. a cluster's shared copy), else ./data/<name>
+    (where `make data` downloads to)."""
+    base = os.environ.get(DATA_ENV)
+    return (Path(base) if base else Path("data")) / name
 
 
 # ----------------------------------------------------------------------------- MNIST

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import socket
 import subprocess
 import tempfile
@@ -192,6 +193,16 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux): runs and benches on two CPUs of the same
+    architecture can differ twofold in speed, so every record names the model."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:

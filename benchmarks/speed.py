@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
+import re
 import statistics
 import time
 import warnings
@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.config import compose_config
 from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import make_optimizer, make_step, optimizer_names
-from benchmarks.rundir import atomic_write_json, atomic_write_text, load_average
+from benchmarks.rundir import atomic_write_json, atomic_write_text, cpu_model, load_average
 from benchmarks.workloads import WORKLOADS
 
 ARCHITECTURES = tuple(name for name, w in WORKLOADS.items() if w.real is None)  # mnist, faces, curves
@@ -51,9 +51,16 @@ def _sync(device: torch.device) -> None:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and thread count: a bench table is only valid for that."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} cpu x{torch.get_num_threads()}"
+    return f"{cpu_model()} x{torch.get_num_threads()}"
+
+
+def file_stem(device: str) -> str:
+    """A file name for a device's table: 'Intel(R) Xeon(R) Processor x1' -> 'intel_xeon_processor_x1'."""
+    words = re.sub(r"\((r|tm)\)", "", device.lower())
+    return re.sub(r"[^a-z0-9]+", "_", words).strip("_")
 
 
 def matmul_peak_gflops(device: torch.device, n: int | None = None, repeats: int = 10) -> float:
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     load = {"before": load_before, "after": load_average(), "cpu_count": os.cpu_count()}
     busy = busy_note(load)
     out = Path(args.out)
-    stem = name.replace(" ", "_").replace("/", "_")
+    stem = file_stem(name)
     if (out / f"{stem}.json").exists() and not args.replace:
         stem += "_" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     table = markdown_table(rows, name, peak) + (f"\n{busy}\n" if busy else "")

@@ -95,7 +95,7 @@ def load_olivetti(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise DataError(f"{path}: Olivetti faces file not found; faces_synth needs {OLIVETTI_FILE} "
                         f"(key {OLIVETTI_KEY!r}, {OLIVETTI_SHAPE[0]}x{OLIVETTI_SHAPE[1]} uint8), "
-                        f"e.g. from shared/data/olivetti/")
+                        f"(set dataset.root to its folder, or put it in $LOCOPROP_DATA/olivetti/ or data/olivetti/)")
     faces = load_mat_array(path, OLIVETTI_KEY, OLIVETTI_SHAPE, value_range=(0, 255))
     images = faces.T.reshape(-1, 64, 64).transpose(0, 2, 1)  # MATLAB column-major storage
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)

@@ -31,7 +31,7 @@ from benchmarks.fast import CudaGraphStep, compiled_step
 from benchmarks.models import Autoencoder, build_autoencoder
 from benchmarks.optimizers import make_optimizer, make_step
 from benchmarks.rundir import (FINAL_STATUSES, RunLock, atomic_savez, atomic_torch_save, atomic_write_json,
-                               atomic_write_text, device_name, git_commit, load_average, read_summary, run_dir_for,
+                               atomic_write_text, cpu_model, device_name, git_commit, load_average, read_summary, run_dir_for,
                                summarize_rows)
 from benchmarks.schedule import Schedule
 from benchmarks.tracking import WandbLogger, metrics_csv_text
@@ -240,7 +240,7 @@ class Run:
                      outputs=out.float().cpu().numpy(), image_shape=np.array(self.data.image_shape))
         cfg = self.cfg
         extra = {"run_dir": self.run_dir.relative_to(cfg.results_dir).as_posix(), "device": device_name(self.device),
-                 "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name, "seed": int(cfg.seed),
+                 "cpu_model": cpu_model(), "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name, "seed": int(cfg.seed),
                  "steps_per_epoch": self.steps_per_epoch, "eval_every": int(cfg.eval_every),
                  "torch": torch.__version__, "git_commit": git_commit(), "load_average_start": self.load_start,
                  "load_average_end": load_average(), "cpu_count": os.cpu_count()}

@@ -142,8 +142,8 @@ def load_dataset(name: str, root: str | None = None, download: bool = False, dev
                  seed: int = 0, n_train: int | None = None, n_test: int | None = None) -> Dataset:
     """Load a workload's data as float32 rows on `device`.
 
-    `root` is the folder holding the files (for faces_synth: olivettifaces.mat); by default the
-    shared copy when present, else ./data/<name>. `n_train`/`n_test` truncate the real data sets
+    `root` is the folder holding the files (for faces_synth: olivettifaces.mat); by default
+    $LOCOPROP_DATA/<name> when that is set, else ./data/<name>. `n_train`/`n_test` truncate the real data sets
     (after validating the full files) or size the generators; `seed` only affects the generators.
     """
     workload = get_workload(name)

@@ -18,13 +18,9 @@ from benchmarks.data import DataError
 from benchmarks.workloads import WORKLOADS, load_dataset
 
 
-def _shared() -> Path:
-    env = os.environ.get("LOCOPROP_SHARED")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
-
-
-SHARED_MNIST = _shared() / "data" / "mnist"
-SHARED_OLIVETTI = _shared() / "data" / "olivetti" / "olivettifaces.mat"
+DATA = Path(os.environ.get("LOCOPROP_DATA", "data"))  # tests/conftest.py: the shared copy when present
+SHARED_MNIST = DATA / "mnist"
+SHARED_OLIVETTI = DATA / "olivetti" / "olivettifaces.mat"
 
 
 # ----------------------------------------------------------------------------- MNIST (IDX)
@@ -302,12 +298,11 @@ def test_download_failure_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_default_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCOPROP_SHARED", str(tmp_path))
-    (tmp_path / "data" / "curves").mkdir(parents=True)
-    assert data.default_root("curves") == tmp_path / "data" / "curves"  # the shared copy when present
-    assert data.default_root("faces") == Path("data") / "faces"  # else ./data/<name>
-    (tmp_path / "data" / "olivetti").mkdir(parents=True)
-    assert WORKLOADS["faces_synth"].default_root() == tmp_path / "data" / "olivetti"
+    monkeypatch.setenv("LOCOPROP_DATA", str(tmp_path))
+    assert data.default_root("curves") == tmp_path / "curves"  # $LOCOPROP_DATA/<name> when set
+    assert WORKLOADS["faces_synth"].default_root() == tmp_path / "olivetti"
+    monkeypatch.delenv("LOCOPROP_DATA")
+    assert data.default_root("faces") == Path("data") / "faces"  # else ./data/<name>, where `make data` puts it
 
 
 def test_unknown_dataset():

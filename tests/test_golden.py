@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from benchmarks import data
 from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.rundir import run_dir_for
+from benchmarks.rundir import cpu_model, run_dir_for
 from benchmarks.train import train
 from tests.tiny import one_thread  # noqa: F401 (a fixture)
 
@@ -35,19 +35,13 @@ RECORD = os.environ.get("RECORD_GOLDEN") == "1"
 
 def machine() -> dict[str, str]:
     """What decides float32 rounding: the CPU model and the torch build."""
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "torch": torch.__version__}
+    return {"cpu": cpu_model(), "torch": torch.__version__}
 
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("case", sorted(CASES) if RECORD else sorted(p.stem for p in GOLDEN.glob("*.csv")))
 def test_metrics_equal_the_recorded_golden_run(case, tmp_path):
-    if case.startswith("mnist") and not (Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist").is_dir():
+    if case.startswith("mnist") and not data.default_root("mnist").is_dir():
         pytest.skip("the real MNIST files are not beside the repository")
     cfg = compose_config([*CASES[case], *COMMON, f"results_dir={tmp_path}"])
     summary = train(cfg)

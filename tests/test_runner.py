@@ -13,7 +13,7 @@ from benchmarks import data
 from benchmarks.config import CONFIG_DIR, compose_config
 from benchmarks.models import build_autoencoder
 from benchmarks.tracking import METRIC_COLUMNS
-from benchmarks.rundir import RunLock, run_dir_for, run_id_for
+from benchmarks.rundir import RunLock, cpu_model, run_dir_for, run_id_for
 from benchmarks.train import train
 
 DATASETS = ["mnist", "faces", "curves", "curves_synth", "faces_synth"]
@@ -68,6 +68,7 @@ def test_end_to_end_run_writes_tables(tmp_path):
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["final_train_ce"] == pytest.approx(metrics.train_ce.iloc[-1])
     assert on_disk["best_train_ce"] == pytest.approx(metrics.train_ce.min())
+    assert on_disk["cpu_model"] == cpu_model()  # the hardware is part of every run's record
     # a second invocation of a finished run is skipped, not re-trained or clobbered
     assert train(cfg)["wallclock_s"] == summary["wallclock_s"]
 

@@ -2,8 +2,10 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks import speed
+from benchmarks.rundir import cpu_model
 
 
 def test_smallest_bench_writes_table_with_schema(tmp_path, capsys):
@@ -14,6 +16,8 @@ def test_smallest_bench_writes_table_with_schema(tmp_path, capsys):
     (json_path,) = tmp_path.glob("*.json")
     data = json.loads(json_path.read_text())
     assert set(data) >= {"device", "matmul_peak_gflops", "torch", "steps", "rows"}
+    assert data["device"] == f"{cpu_model()} x{torch.get_num_threads()}"  # the CPU model: tables of two CPUs differ
+    assert json_path.stem == speed.file_stem(data["device"])
     assert data["steps"] == 1 and len(rows) == 2 == len(data["rows"])
     assert json_path.with_suffix(".md").exists()
     for row in data["rows"]:
@@ -25,6 +29,12 @@ def test_smallest_bench_writes_table_with_schema(tmp_path, capsys):
     # LocoProp-M does T = 10 inner iterations per layer: far more matmul work than one BP step
     adam = next(r for r in data["rows"] if r["optimizer"] == "adam")
     assert locoprop["gflop_per_step"] > 4 * adam["gflop_per_step"]
+
+
+def test_table_file_names_come_from_the_device_name():
+    assert speed.file_stem("Intel(R) Xeon(R) Processor x1") == "intel_xeon_processor_x1"
+    assert speed.file_stem("AMD EPYC 7B13 64-Core Processor x2") == "amd_epyc_7b13_64_core_processor_x2"
+    assert speed.file_stem("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
 
 
 def test_unknown_optimizer_is_named(tmp_path):
