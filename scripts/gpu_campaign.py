@@ -34,11 +34,13 @@ from omegaconf import OmegaConf
 
 from benchmarks import speed
 from benchmarks.config import compose_config
+from benchmarks.data import DataError
 from benchmarks.fast import graph_safe
 from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import make_optimizer, paper_optimizers
 from benchmarks.results import bench_tables
 from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name, read_summary, run_dir_for
+from benchmarks.workloads import load_dataset
 from scripts import figures, summary as summary_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +65,17 @@ def run_config(optimizer: str, out: Path, tiny: bool, cuda_graph: bool):
     extra = TINY_RUN if tiny else ["device=cuda"]
     return [*base, "seed=0", "group=gpu", f"results_dir={out}", "logger=disabled", "progress=false",
             f"cuda_graph={str(cuda_graph).lower()}", *extra]
+
+
+def check_data(overrides: list[str]) -> None:
+    """Load (and validate) the comparison's data set before anything else runs: a missing or corrupt
+    file must cost seconds of a lent GPU, not the minutes of the bench and tests before the runs."""
+    cfg = compose_config(overrides)
+    try:
+        load_dataset(cfg.dataset.name, root=cfg.dataset.root, n_train=1, n_test=1)
+    except DataError as err:
+        raise SystemExit(f"the GPU campaign's data set {cfg.dataset.name} cannot be loaded, nothing was run: {err}\n"
+                         "(put the files in data/<name>/, set LOCOPROP_DATA, or carry them to the GPU machine)")
 
 
 def supports_graph(overrides: list[str]) -> bool:
@@ -124,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if device.type == "cpu" and not (args.tiny or args.dry_run):
         raise SystemExit("no CUDA device: the GPU campaign needs one (use --tiny or --dry-run to check it on CPU)")
+    check_data(run_config(paper_optimizers()[0], Path("."), args.tiny, False))
     info = device_info(device)
     out = Path(args.out or f"results/reference/{info['device'].replace(' ', '_').replace('/', '_')}")
     out.mkdir(parents=True, exist_ok=True)

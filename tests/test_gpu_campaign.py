@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import tarfile
 
+import pytest
+
 from benchmarks.optimizers import paper_optimizers
 from scripts import gpu_campaign
 
@@ -32,3 +34,12 @@ def test_tiny_campaign_writes_every_expected_file(tmp_path):
     with tarfile.open(f"{out}.tar.gz") as tar:
         names = tar.getnames()
     assert "cpu-tiny/plan.json" in names and not any(n.endswith("checkpoint.pt") for n in names)
+
+
+def test_missing_data_stops_the_campaign_before_anything_runs(tmp_path, monkeypatch):
+    empty = tmp_path / "no-mnist-here"
+    empty.mkdir()
+    monkeypatch.setattr(gpu_campaign, "TINY_RUN", ["dataset=mnist", f"dataset.root={empty}", "device=cpu"])
+    with pytest.raises(SystemExit, match=r"data set mnist cannot be loaded, nothing was run.*train-images-idx3-ubyte"):
+        gpu_campaign.main(["--tiny", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
