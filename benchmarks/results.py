@@ -305,6 +305,17 @@ def _version(package: str) -> str | None:
         return None
 
 
+def run_devices(runs: pd.DataFrame) -> list[str]:
+    """The distinct devices of the runs, a CPU with its model where the run recorded it
+    ('cpu (1 threads) on Intel(R) Xeon(R) Processor'): two CPUs' seconds are not comparable."""
+    devices = set()
+    for device, model in zip(runs.get("device", pd.Series([None] * len(runs), dtype=object)),
+                             runs.get("cpu_model", pd.Series([None] * len(runs), dtype=object))):
+        if isinstance(device, str):
+            devices.add(f"{device} on {model}" if device.startswith("cpu") and isinstance(model, str) else device)
+    return sorted(devices)
+
+
 def provenance(runs: pd.DataFrame | None = None) -> dict[str, Any]:
     """Who drew the report, from what code and which machines, so a figure can be re-made."""
     status = _git("status", "--porcelain", "--untracked-files=no")
@@ -319,7 +330,7 @@ def provenance(runs: pd.DataFrame | None = None) -> dict[str, Any]:
         "argv": [Path(a).name if Path(a).is_absolute() else a for a in sys.argv],
     }
     if runs is not None and len(runs):
-        info["devices"] = sorted({str(d) for d in runs.get("device", pd.Series(dtype=object)).dropna()})
+        info["devices"] = run_devices(runs)
         info["run_git_commits"] = sorted({str(c) for c in runs.get("git_commit", pd.Series(dtype=object)).dropna()})
         info["run_torch_versions"] = sorted({str(v) for v in runs.get("torch", pd.Series(dtype=object)).dropna()})
         info["n_runs"] = int(len(runs))

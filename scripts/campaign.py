@@ -232,21 +232,37 @@ def study_rows(root: Path) -> list[dict]:
     return rows
 
 
-def report(root: str = "results/reference/cpu", bench: str | None = None) -> None:
+def parse_benches(specs: list[str] | None) -> dict[str, str]:
+    """`--bench` values, `PATH` (every data set) or `DATASET=PATH` (one data set: the halves of a
+    campaign that ran on two machines each have their own quiet bench) -> {data set or '*': path}."""
+    benches = {}
+    for spec in specs or []:
+        dataset, sep, path = spec.rpartition("=")
+        benches[dataset if sep else "*"] = path
+    for dataset, path in benches.items():
+        if not Path(path).is_file():
+            raise SystemExit(f"--bench {dataset + '=' if dataset != '*' else ''}{path}: no such bench table (.json)")
+    return benches
+
+
+def report(root: str = "results/reference/cpu", bench: dict[str, str] | None = None) -> None:
     """Figures and tables of every data set's final runs and ablations, and STATUS.md of the studies.
-    With `bench` (a quiet `make bench` table of the campaign's machine and thread count), also the
-    figures whose time axis is steps x its ms/step (figures_bench_time/)."""
+    With `bench` ({data set or '*': a quiet `make bench` table of the machine and thread count that
+    ran that data set's campaign}), also the figures whose time axis is steps x its ms/step
+    (figures_bench_time/)."""
     root_path = Path(root)
+    bench = bench or {}
     for folder in sorted(p for p in root_path.iterdir() if (p / "runs").is_dir()):
+        table = bench.get(folder.name, bench.get("*"))
         for group_dir in sorted((folder / "runs").iterdir()):
             group = group_dir.name
             if group == "final":
-                for time_axis in ("measured", "bench") if bench else ("measured",):
+                for time_axis in ("measured", "bench") if table else ("measured",):
                     out = folder / ("figures" if time_axis == "measured" else "figures_bench_time")
                     figures.main(["--results", str(folder), "--group", group, "--out", str(out), "--time", time_axis,
-                                  "--bench", bench])
+                                  *(["--bench", table] if table else [])])
                 summary_script.main(["--results", str(folder), "--group", group, "--out", str(folder),
-                                     *(["--bench", bench] if bench else [])])
+                                     *(["--bench", table] if table else [])])
             elif group.startswith("ablation-"):
                 figures.main(["--results", str(folder), "--group", group, "--ablation",
                               "--out", str(folder / "figures" / group)])
@@ -273,14 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default="results/reference/cpu", help="the campaign's folder (report, collect)")
     parser.add_argument("--source", default=None, help="with 'collect': the folder a campaign writes elsewhere")
     parser.add_argument("--tuned-from", default=None, help="with 'collect': that campaign's tuned-config folder")
-    parser.add_argument("--bench", default=None, help="with 'report': the bench table (.json) of the campaign's "
-                        "machine and threads, for figures whose time axis is steps x its ms/step")
+    parser.add_argument("--bench", action="append", default=None, metavar="[DATASET=]PATH",
+                        help="with 'report': the quiet bench table (.json) of the machine and threads that ran the "
+                        "campaign (or that data set's half of it; repeatable), for figures whose time axis is "
+                        "steps x its ms/step")
     parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     args = parser.parse_args(argv)
     if args.plan == "report":
-        report(args.root, args.bench)
+        report(args.root, parse_benches(args.bench))
         return
     if args.plan == "collect":
         collect(args.source, args.root, args.tuned_from)

@@ -121,3 +121,13 @@ def test_a_plan_can_be_cut_to_one_dataset(monkeypatch, tmp_path):
     assert isinstance(mnist[0], campaign.Runs)  # LocoProp-M's published defaults come first, as in the full plan
     with pytest.raises(SystemExit, match="no items for data set 'faces'"):
         campaign.plan_items("cpu-reference", "faces")
+
+
+def test_report_takes_one_bench_table_per_dataset(tmp_path):
+    amd, intel = tmp_path / "amd_x1.json", tmp_path / "intel_x1.json"
+    amd.write_text("{}")
+    intel.write_text("{}")
+    assert campaign.parse_benches([str(amd), f"mnist={intel}"]) == {"*": str(amd), "mnist": str(intel)}
+    assert campaign.parse_benches(None) == {}
+    with pytest.raises(SystemExit, match="--bench mnist=.*nope.json: no such bench table"):
+        campaign.parse_benches([f"mnist={tmp_path / 'nope.json'}"])

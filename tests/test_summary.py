@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scripts import summary
-from benchmarks.results import load_runs
+from benchmarks.results import load_runs, run_devices
 from tests.fixtures import make_results
 
 SQRT2 = math.sqrt(2.0)
@@ -189,3 +189,12 @@ def test_bench_columns_turn_epochs_to_target_into_unloaded_seconds(results, tmp_
         {"dataset": "curves", "optimizer": "locoprop_m", "batch_size": 100, "ms_per_step": 50.0}]}))
     _, t, _, _ = _run(results, tmp_path / "busy", "--bench", str(bench))
     assert math.isnan(t.loc[("curves_synth", "locoprop_m"), "bench_ms_per_step"])
+
+
+def test_devices_name_the_cpu_model_when_the_runs_recorded_it():
+    runs = pd.DataFrame({"device": ["cpu (1 threads)", "cpu (1 threads)", "cpu (2 threads)", "NVIDIA H200", None],
+                         "cpu_model": ["Intel(R) Xeon(R) Processor", None, "Intel(R) Xeon(R) Processor",
+                                       "Intel(R) Xeon(R) Platinum", "x"]})
+    assert run_devices(runs) == ["NVIDIA H200", "cpu (1 threads)", "cpu (1 threads) on Intel(R) Xeon(R) Processor",
+                                 "cpu (2 threads) on Intel(R) Xeon(R) Processor"]
+    assert run_devices(runs[["device"]]) == ["NVIDIA H200", "cpu (1 threads)", "cpu (2 threads)"]  # older runs
