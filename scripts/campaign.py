@@ -245,14 +245,14 @@ def parse_benches(specs: list[str] | None) -> dict[str, str]:
     return benches
 
 
-def report(root: str = "results/reference/cpu", bench: dict[str, str] | None = None) -> None:
+def report(root: str = "results/reference/cpu", bench: dict[str, str] | None = None, only: str | None = None) -> None:
     """Figures and tables of every data set's final runs and ablations, and STATUS.md of the studies.
     With `bench` ({data set or '*': a quiet `make bench` table of the machine and thread count that
     ran that data set's campaign}), also the figures whose time axis is steps x its ms/step
-    (figures_bench_time/)."""
+    (figures_bench_time/). With `only`, that data set's folder alone (STATUS.md lists every study)."""
     root_path = Path(root)
     bench = bench or {}
-    for folder in sorted(p for p in root_path.iterdir() if (p / "runs").is_dir()):
+    for folder in sorted(p for p in root_path.iterdir() if (p / "runs").is_dir() and only in (None, p.name)):
         table = bench.get(folder.name, bench.get("*"))
         for group_dir in sorted((folder / "runs").iterdir()):
             group = group_dir.name
@@ -293,12 +293,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="with 'report': the quiet bench table (.json) of the machine and threads that ran the "
                         "campaign (or that data set's half of it; repeatable), for figures whose time axis is "
                         "steps x its ms/step")
-    parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist)")
+    parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist); with 'report', draw only its folder")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     args = parser.parse_args(argv)
     if args.plan == "report":
-        report(args.root, parse_benches(args.bench))
+        report(args.root, parse_benches(args.bench), args.only)
         return
     if args.plan == "collect":
         collect(args.source, args.root, args.tuned_from)
