@@ -131,3 +131,15 @@ def test_report_takes_one_bench_table_per_dataset(tmp_path):
     assert campaign.parse_benches(None) == {}
     with pytest.raises(SystemExit, match="--bench mnist=.*nope.json: no such bench table"):
         campaign.parse_benches([f"mnist={tmp_path / 'nope.json'}"])
+
+
+def test_report_only_redraws_the_named_dataset(tmp_path, monkeypatch):
+    from tests import fixtures
+    monkeypatch.setattr(fixtures, "GROUP", "final")
+    for dataset in ("curves_synth", "faces_synth"):
+        fixtures.write_run(tmp_path / dataset, dataset, "adam", 0, fixtures.CURVES[dataset]["adam"][0])
+    campaign.report(str(tmp_path), only="curves_synth")
+    assert (tmp_path / "curves_synth" / "summary.md").exists()
+    assert (tmp_path / "curves_synth" / "figures" / "curves_synth_train_vs_epoch.png").exists()
+    assert not (tmp_path / "faces_synth" / "summary.md").exists() and not (tmp_path / "faces_synth" / "figures").exists()
+    assert (tmp_path / "STATUS.md").exists()  # the status of every study, whatever was redrawn
