@@ -227,7 +227,7 @@ def study_rows(root: Path) -> list[dict]:
                      "complete": count("COMPLETE"), "pruned": count("PRUNED"), "running": count("RUNNING"),
                      "failed": sum(t.state.name == "FAIL" and "error" in t.user_attrs for t in trials),
                      "best": round(best.value, 2) if best else None,
-                     "best_params": {k: (round(v, 8) if isinstance(v, float) else v) for k, v in best.params.items()}
+                     "best_params": {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in best.params.items()}
                      if best else None, "final_seeds": len(seeds)})
     return rows
 

@@ -143,3 +143,14 @@ def test_report_only_redraws_the_named_dataset(tmp_path, monkeypatch):
     assert (tmp_path / "curves_synth" / "figures" / "curves_synth_train_vs_epoch.png").exists()
     assert not (tmp_path / "faces_synth" / "summary.md").exists() and not (tmp_path / "faces_synth" / "figures").exists()
     assert (tmp_path / "STATUS.md").exists()  # the status of every study, whatever was redrawn
+
+
+def test_status_keeps_tiny_settings_readable(tmp_path):
+    db = tmp_path / "mnist" / "tuning" / "mnist" / "adagrad.db"
+    db.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="mnist-adagrad", storage=f"sqlite:///{db}")
+    eps = optuna.distributions.FloatDistribution(1e-10, 1e-3, log=True)
+    study.add_trial(optuna.trial.create_trial(params={"optimizer.eps": 1.5187406693817147e-10},
+                                              distributions={"optimizer.eps": eps}, value=68.5))
+    (row,) = campaign.study_rows(tmp_path)
+    assert row["best_params"] == {"optimizer.eps": 1.519e-10}  # four significant digits, not 0.0
