@@ -18,7 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import hydra
 import numpy as np
@@ -84,26 +84,37 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"throwaway_steps must be >= 0, got {cfg.throwaway_steps}")
 
 
+def threshold_exit(rules: Mapping | None, loss: float, best: float, epoch: int) -> str | None:
+    """Why a run ends by fixed loss thresholds after `epoch`, or None (no rules: never).
+
+    The LocoProp notebook's tuning exits are of this form (max_loss 1000, max_best_loss 600,
+    patience 12 epochs / 350); the runner's divergence rules and the tuner's exits share it.
+    """
+    if not rules:
+        return None
+    max_loss, max_best = rules.get("max_loss"), rules.get("max_best_loss")
+    patience_epoch, patience_loss = rules.get("patience_epoch"), rules.get("patience_loss")
+    if max_loss is not None and loss > max_loss:
+        return f"train loss {loss:.4g} > max_loss {max_loss} at epoch {epoch}"
+    if max_best is not None and best > max_best:
+        return f"best train loss {best:.4g} > max_best_loss {max_best} at epoch {epoch}"
+    if patience_epoch is not None and patience_loss is not None and epoch >= patience_epoch and best > patience_loss:
+        return f"best train loss {best:.4g} still > {patience_loss} after epoch {epoch}"
+    return None
+
+
 def divergence_reason(rules: DictConfig, loss: float, best: float, epoch: int, initial: float) -> str | None:
     """Why the run counts as diverged after `epoch`, or None.
 
     Always on: a non-finite loss, or a loss above `max_loss_ratio` x the initial model's (a
-    ceiling that scales with the data set). Optional: fixed thresholds (the LocoProp notebook's
-    tuning exits were max_loss 1000, max_best_loss 600, patience 12 epochs / 350).
+    ceiling that scales with the data set). Optional: the fixed thresholds of `threshold_exit`.
     """
     if not math.isfinite(loss):
         return f"non-finite train loss at epoch {epoch}"
     ratio = rules.get("max_loss_ratio")
     if ratio is not None and math.isfinite(initial) and loss > ratio * initial:
         return f"train loss {loss:.4g} > {ratio} x the initial {initial:.4g} at epoch {epoch}"
-    if rules.max_loss is not None and loss > rules.max_loss:
-        return f"train loss {loss:.4g} > max_loss {rules.max_loss} at epoch {epoch}"
-    if rules.max_best_loss is not None and best > rules.max_best_loss:
-        return f"best train loss {best:.4g} > max_best_loss {rules.max_best_loss} at epoch {epoch}"
-    if (rules.patience_epoch is not None and rules.patience_loss is not None
-            and epoch >= rules.patience_epoch and best > rules.patience_loss):
-        return f"best train loss {best:.4g} still > {rules.patience_loss} after epoch {epoch}"
-    return None
+    return threshold_exit(rules, loss, best, epoch)
 
 
 def _sync(device: torch.device) -> None:

@@ -49,7 +49,7 @@ from benchmarks.optimizers import paper_optimizers
 from benchmarks.results import read_summary
 from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, git_commit, pid_alive,
                                run_dir_for)
-from benchmarks.train import PruneRun, train
+from benchmarks.train import PruneRun, threshold_exit, train
 from benchmarks.workloads import get_workload
 
 TRIAL_GROUP, FINAL_GROUP = "tune", "final"
@@ -109,19 +109,6 @@ class Protocol:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def notebook_exit(rules: dict | None, loss: float, best: float, epoch: int) -> str | None:
-    """Why a trial ends by the LocoProp notebook's tuning exits (a workload's tuning_exits), or None."""
-    if not rules:
-        return None
-    if rules.get("max_loss") is not None and loss > rules["max_loss"]:
-        return f"train loss {loss:.4g} > {rules['max_loss']} at epoch {epoch}"
-    if rules.get("max_best_loss") is not None and best > rules["max_best_loss"]:
-        return f"best train loss {best:.4g} > {rules['max_best_loss']} at epoch {epoch}"
-    if rules.get("patience_epoch") is not None and epoch >= rules["patience_epoch"] and best > rules["patience_loss"]:
-        return f"best train loss {best:.4g} still > {rules['patience_loss']} after epoch {epoch}"
-    return None
 
 
 # ----------------------------------------------------------------------------- one search
@@ -241,7 +228,7 @@ class Search:
             best = min(best, loss)
             trial.set_user_attr("heartbeat", time.time())
             trial.report(loss, epoch)
-            reason = notebook_exit(rules, loss, best, epoch)
+            reason = threshold_exit(rules, loss, best, epoch)
             if reason:
                 raise PruneRun(f"notebook exit: {reason}")
             if epoch < last_epoch and trial.should_prune():

@@ -16,7 +16,7 @@ import pytest
 from benchmarks import speed
 from benchmarks.config import compose_config
 from benchmarks.rundir import read_summary, run_dir_for
-from benchmarks.train import train
+from benchmarks.train import threshold_exit, train
 from scripts import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +50,26 @@ def test_a_loss_far_above_the_initial_one_is_divergence_by_default(tmp_path):
     assert metrics.train_ce.iloc[-1] > 2 * metrics.train_ce.iloc[0]  # recorded, then stopped
     kept = tiny_cfg(tmp_path / "off", "optimizer=sgd", "optimizer.lr=3", "epochs=4", "divergence.max_loss_ratio=null")
     assert train(kept)["status"] != "diverged" or "x the initial" not in (read_summary(run_dir_for(kept))["reason"] or "")
+
+
+NOTEBOOK = {"max_loss": 1000.0, "max_best_loss": 600.0, "patience_epoch": 12, "patience_loss": 350.0}
+
+
+@pytest.mark.parametrize("loss, best, epoch, expected", [
+    (999.0, 500.0, 3, None),            # under every threshold
+    (1001.0, 500.0, 3, "max_loss"),     # this epoch too high
+    (500.0, 601.0, 3, "max_best_loss"),  # never got low enough
+    (400.0, 351.0, 11, None),           # patience not yet over
+    (400.0, 351.0, 12, "still > 350"),  # patience over, still above its loss
+    (400.0, 349.0, 50, None),
+])
+def test_threshold_exits_follow_the_notebook_rules(loss, best, epoch, expected):
+    reason = threshold_exit(NOTEBOOK, loss, best, epoch)
+    assert (reason is None) == (expected is None)
+    if expected:
+        assert expected in reason and f"epoch {epoch}" in reason
+    assert threshold_exit(None, 1e9, 1e9, 99) is None
+    assert threshold_exit({**NOTEBOOK, "patience_loss": None, "max_best_loss": None}, 400.0, 590.0, 50) is None
 
 
 # ----------------------------------------------------------------------------- validation
