@@ -17,6 +17,7 @@ from benchmarks import speed
 from benchmarks.config import compose_config
 from benchmarks.rundir import read_summary, run_dir_for
 from benchmarks.train import threshold_exit, train
+from benchmarks.workloads import NOTEBOOK_EXITS
 from scripts import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +53,6 @@ def test_a_loss_far_above_the_initial_one_is_divergence_by_default(tmp_path):
     assert train(kept)["status"] != "diverged" or "x the initial" not in (read_summary(run_dir_for(kept))["reason"] or "")
 
 
-NOTEBOOK = {"max_loss": 1000.0, "max_best_loss": 600.0, "patience_epoch": 12, "patience_loss": 350.0}
-
-
 @pytest.mark.parametrize("loss, best, epoch, expected", [
     (999.0, 500.0, 3, None),            # under every threshold
     (1001.0, 500.0, 3, "max_loss"),     # this epoch too high
@@ -64,12 +62,17 @@ NOTEBOOK = {"max_loss": 1000.0, "max_best_loss": 600.0, "patience_epoch": 12, "p
     (400.0, 349.0, 50, None),
 ])
 def test_threshold_exits_follow_the_notebook_rules(loss, best, epoch, expected):
-    reason = threshold_exit(NOTEBOOK, loss, best, epoch)
+    # the LocoProp notebook's tuning exits, which the cases above are written against
+    assert NOTEBOOK_EXITS == {"max_loss": 1000.0, "max_best_loss": 600.0, "patience_epoch": 12, "patience_loss": 350.0}
+    reason = threshold_exit(NOTEBOOK_EXITS, loss, best, epoch)
     assert (reason is None) == (expected is None)
     if expected:
         assert expected in reason and f"epoch {epoch}" in reason
+
+
+def test_absent_thresholds_never_end_a_run():
     assert threshold_exit(None, 1e9, 1e9, 99) is None
-    assert threshold_exit({**NOTEBOOK, "patience_loss": None, "max_best_loss": None}, 400.0, 590.0, 50) is None
+    assert threshold_exit({**NOTEBOOK_EXITS, "patience_loss": None, "max_best_loss": None}, 400.0, 590.0, 50) is None
 
 
 # ----------------------------------------------------------------------------- validation
