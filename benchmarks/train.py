@@ -49,7 +49,7 @@ class RunFailed(RuntimeError):
     """A run ended with status 'failed' (its summary.json says why)."""
 
 
-OnEpoch = Callable[[int, float], None]
+OnEpoch = Callable[[int, float, bool], None]  # (epoch, loss, replayed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -330,8 +330,11 @@ def prepare(run: Run) -> None:
 def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
     """Train one run described by `cfg`; returns its summary (also written to summary.json).
 
-    `on_epoch(epoch, loss)` is called after every trained epoch (resumed ones included) with the
-    epoch's primary train loss (see `Run.epoch_loss`); it may raise `PruneRun` to end the run.
+    `on_epoch(epoch, loss, replayed)` is called after every trained epoch with the epoch's primary
+    train loss (see `Run.epoch_loss`); it may raise `PruneRun` to end the run. A resumed run first
+    replays the epochs it trained before it stopped, with `replayed=True`: the callback had already
+    seen them (its checkpoint is written after the call), so it may record them without judging them
+    again.
     """
     previous = read_summary(run_dir_for(cfg))
     if previous is not None and previous.get("status") in FINAL_STATUSES:
@@ -343,7 +346,7 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
         try:
             prepare(run)
             for row in run.rows[1:] if on_epoch is not None else []:  # a resumed run replays its epochs
-                on_epoch(row["epoch"], run.epoch_loss(row))
+                on_epoch(row["epoch"], run.epoch_loss(row), True)
             for epoch in run.epochs():
                 lr = run.set_lr(epoch)
                 train_loss, seconds = run.train_epoch(epoch)
@@ -353,7 +356,7 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
                     status = "diverged"
                     break
                 if on_epoch is not None:
-                    on_epoch(epoch, run.epoch_loss(run.rows[-1]))
+                    on_epoch(epoch, run.epoch_loss(run.rows[-1]), False)
                 run.checkpoint()
             else:
                 status = run.end_status()

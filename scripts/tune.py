@@ -223,7 +223,7 @@ class Search:
         last_epoch = _trained_epochs(cfg)
         best = math.inf
 
-        def on_epoch(epoch: int, loss: float) -> None:
+        def on_epoch(epoch: int, loss: float, replayed: bool) -> None:
             nonlocal best
             best = min(best, loss)
             trial.set_user_attr("heartbeat", time.time())
@@ -231,7 +231,12 @@ class Search:
             reason = threshold_exit(rules, loss, best, epoch)
             if reason:
                 raise PruneRun(f"notebook exit: {reason}")
-            if epoch < last_epoch and trial.should_prune():
+            if replayed:
+                # the trial passed this epoch's rung before its worker died. Asking records the rung
+                # (later trials compete against it), but the answer is ignored: judging it again
+                # against trials that reached the rung since would make outcomes depend on kills
+                trial.should_prune()
+            elif epoch < last_epoch and trial.should_prune():
                 raise PruneRun(f"successive halving at epoch {epoch} (loss {loss:.4g})")
 
         print(f"[tune] {self.study.study_name}: trial {trial.number} {values}", flush=True)

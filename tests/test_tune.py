@@ -163,6 +163,57 @@ def test_killed_search_keeps_finished_trials_and_resumes_the_lost_one(tmp_path):
     pd.testing.assert_frame_equal(resumed[COLUMNS], clean[COLUMNS])
 
 
+class _WorkerDied(BaseException):
+    """Stands in for a kill: not an Exception, so the runner records nothing and keeps the checkpoint."""
+
+
+def test_resumed_trial_is_not_judged_again_at_rungs_it_already_passed(tmp_path, monkeypatch):
+    """A weak trial passes the rungs (epochs 2 and 6) while it is alone there; its worker dies at
+    epoch 7; a better trial reaches the rungs meanwhile. The retry replays the passed rungs but must
+    go on, as the uninterrupted trial would have: before, it was pruned on replay, so a search's
+    outcome depended on when workers died."""
+    import scripts.tune as tune
+
+    search = tiny_search(tmp_path, trials=2)
+    weak, good = {"optimizer.lr": 0.005}, {"optimizer.lr": 0.05}
+    real_train = tune.train
+
+    def train_until_killed(cfg, on_epoch):
+        def dies_at_epoch_7(epoch, loss, replayed):
+            on_epoch(epoch, loss, replayed)
+            if epoch == 7:  # before epoch 7's checkpoint: the retry replays epochs 1-6
+                raise _WorkerDied
+        return real_train(cfg, on_epoch=dies_at_epoch_7)
+
+    search.study.enqueue_trial(weak)
+    monkeypatch.setattr(tune, "train", train_until_killed)
+    with pytest.raises(_WorkerDied):
+        search.step()
+    monkeypatch.setattr(tune, "train", real_train)
+    killed = search.study.get_trials()[0]
+    assert killed.state == TrialState.RUNNING and killed.intermediate_values[2] > 0
+    run = search.results / killed.user_attrs["run_dir"]
+    assert (run / "checkpoint.pt").exists()
+
+    search.study.enqueue_trial(good)
+    assert search.step() == "trial"  # the good trial: complete, and better than the weak one at rung 2
+    first_good = search.study.get_trials()[1]
+    assert first_good.state == TrialState.COMPLETE
+    assert all(first_good.intermediate_values[e] < killed.intermediate_values[e] for e in (2, 6))
+
+    monkeypatch.setattr(tune, "STALE_AFTER_S", -1.0)  # the killed trial's worker counts as gone
+    assert search.step() == "trial"
+    trials = search.study.get_trials()
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert trials[killed.number].state == TrialState.FAIL
+    assert len(retry) == 1 and retry[0].params == weak and retry[0].state == TrialState.COMPLETE
+    summary = yaml.safe_load((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 7  # epochs=8 counts epoch 0
+    assert sorted(retry[0].intermediate_values) == list(range(1, 8))  # the replayed epochs are recorded
+    # and so are the rungs it passed, so later trials compete against them as against the original
+    assert {k for k in retry[0].system_attrs if k.startswith("completed_rung_")} == {"completed_rung_0", "completed_rung_1"}
+
+
 def test_two_workers_share_one_study_and_finish_exactly_the_budget(tmp_path):
     out = subprocess.run(_tune_cli(tmp_path, "--workers", "2", trials=4, epochs=10), cwd=REPO, capture_output=True,
                          text=True, timeout=600)
