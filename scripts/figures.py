@@ -227,6 +227,30 @@ def curve_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str
     return fig, drawn
 
 
+LATE_TOP = 1.3  # the end-of-training view shows losses up to this multiple of the best final
+
+
+def late_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str):
+    """The train curves on a linear axis from just below the lowest loss up to LATE_TOP x the best
+    mean final: the full view spans the initial loss (545 on MNIST), which squeezes the leading
+    methods, a few percent apart, into one line. Curves above the top leave the frame."""
+    fig, drawn = curve_figure(dataset, runs, metrics, y, x)
+    if fig is None:
+        return None, []
+    ax = fig.axes[0]
+    best = np.nanmin(final_scores(runs[runs["dataset"] == dataset]).to_numpy(float))
+    lowest = ax.dataLim.y0  # lines and the seeds' min..max shading
+    if not np.isfinite(best):  # every configuration diverged: the full view says it all
+        plt.close(fig)
+        return None, []
+    ax.set_yscale("linear")
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.set_ylim(0.98 * min(lowest, best), LATE_TOP * best)
+    ax.set_title(f"{dataset_label(dataset)}\nzoom: up to {LATE_TOP:g} x the best final")
+    return fig, drawn
+
+
 def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = "wallclock_s"):
     """Full-width grid: one row per dataset; train vs epoch, train vs time, test vs epoch."""
     datasets = sorted(runs["dataset"].unique())
@@ -546,7 +570,9 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
             r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
             primary = primary_metric(dataset)
             emit(f"{dataset}_train_vs_epoch", *curve_figure(dataset, r, m, primary, "epoch"))
+            emit(f"{dataset}_train_vs_epoch_late", *late_figure(dataset, r, m, primary, "epoch"))
             emit(f"{dataset}_train_vs_time", *curve_figure(dataset, r, m, primary, time_axis))
+            emit(f"{dataset}_train_vs_time_late", *late_figure(dataset, r, m, primary, time_axis))
             emit(f"{dataset}_test_vs_epoch", *curve_figure(dataset, r, m, heldout_metric(dataset), "epoch"))
             emit(f"{dataset}_reconstructions", *reconstruction_figure(dataset, r))
         emit("overview", *overview_figure(runs, metrics, time_axis))

@@ -28,7 +28,8 @@ def in_git_checkout() -> bool:
         return False
 DATASETS = ("curves_synth", "faces_synth")
 FIGURES = [f"{d}_{kind}" for d in DATASETS
-           for kind in ("train_vs_epoch", "train_vs_time", "test_vs_epoch", "reconstructions")]
+           for kind in ("train_vs_epoch", "train_vs_epoch_late", "train_vs_time", "train_vs_time_late",
+                        "test_vs_epoch", "reconstructions")]
 FIGURES += ["overview", "step_time", "performance_profile"]
 
 
@@ -149,6 +150,23 @@ def test_axes_are_honest_log_ticks_units_integer_epochs_linear_step_time(tmp_pat
     fig, _ = figures.step_time_figure(runs)
     ax = fig.axes[0]
     assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    plt.close(fig)
+
+
+def test_end_of_training_view_spans_the_lowest_loss_to_1_3_x_the_best_final(tmp_path):
+    """Linear axis from 0.98 x the lowest plotted loss to LATE_TOP x the best mean final; the worse
+    run's tail (above the top) leaves the frame rather than stretching it."""
+    from tests.fixtures import write_run
+
+    for seed, tail in ((0, [60, 50]), (1, [62, 54])):  # mean final 52
+        write_run(tmp_path, "curves_synth", "adam", seed, [545, 300, 100, *tail])
+    write_run(tmp_path, "curves_synth", "sgd", 0, [545, 400, 300, 250, 210])
+    runs, metrics = load_runs(tmp_path, "default")
+    fig, drawn = figures.late_figure("curves_synth", runs, metrics, "train_ce", "epoch")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and len(drawn) == 3
+    assert ax.get_ylim() == pytest.approx((0.98 * 50, figures.LATE_TOP * 52))
+    assert "up to 1.3 x the best final" in ax.get_title()
     plt.close(fig)
 
 
