@@ -318,7 +318,8 @@ def run_devices(runs: pd.DataFrame) -> list[str]:
 
 def provenance(runs: pd.DataFrame | None = None) -> dict[str, Any]:
     """Who drew the report, from what code and which machines, so a figure can be re-made."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # dirty means the code differs from the commit: results/ changes while a report is written
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     info: dict[str, Any] = {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,

@@ -198,3 +198,30 @@ def test_devices_name_the_cpu_model_when_the_runs_recorded_it():
     assert run_devices(runs) == ["NVIDIA H200", "cpu (1 threads)", "cpu (1 threads) on Intel(R) Xeon(R) Processor",
                                  "cpu (2 threads) on Intel(R) Xeon(R) Processor"]
     assert run_devices(runs[["device"]]) == ["NVIDIA H200", "cpu (1 threads)", "cpu (2 threads)"]  # older runs
+
+
+def test_provenance_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
+    """A report rewrites files under results/ while it runs; only code changes make it 'uncommitted'."""
+    import shutil
+    import subprocess
+
+    from benchmarks import results as results_module
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "summary.md").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(results_module, "REPO_ROOT", tmp_path)
+    assert results_module.provenance()["git_dirty"] is False
+    (tmp_path / "results" / "summary.md").write_text("new\n")
+    assert results_module.provenance()["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert results_module.provenance()["git_dirty"] is True
