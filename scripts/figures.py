@@ -237,12 +237,12 @@ def late_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str,
     fig, drawn = curve_figure(dataset, runs, metrics, y, x)
     if fig is None:
         return None, []
-    ax = fig.axes[0]
-    best = np.nanmin(final_scores(runs[runs["dataset"] == dataset]).to_numpy(float))
-    lowest = ax.dataLim.y0  # lines and the seeds' min..max shading
+    best = np.nanmin(final_scores(runs).to_numpy(float))
     if not np.isfinite(best):  # every configuration diverged: the full view says it all
         plt.close(fig)
         return None, []
+    ax = fig.axes[0]
+    lowest = ax.dataLim.y0  # lines and the seeds' min..max shading
     ax.set_yscale("linear")
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.yaxis.set_major_formatter(ScalarFormatter())
