@@ -8,6 +8,9 @@ unrounded) and `summary_provenance.json`, each atomically. Conventions:
   seeds are only counted;
 - ms/step is the median over all runs (diverged ones included: their steps were timed too) of
   each run's median step time; wall-clock is the training time (evaluation excluded);
+- measured times (ms/step, wall-clock, s to target) are only comparable between rows run on the
+  same machine setting: when a dataset's runs come from several, the table says per row which
+  ('measured on'); the bench columns are the comparable ones then;
 - time to target: the first epoch whose primary train loss is <= the dataset's target, and the
   training seconds up to its end, averaged over the healthy seeds that reached it ('(k/n)' when
   only k of n did, '—' when none did). Default target: 1.05 x the best (lowest) optimizer's mean
@@ -26,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.results import (HEALTHY, architecture, bench_ms_per_step, load_runs_or_explain, primary_metric,
-                                provenance, run_record, write_json, write_text)
+                                provenance, run_devices, run_record, write_json, write_text)
 
 LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
 DEFAULT_TARGET_FACTOR = 1.05
@@ -112,6 +115,7 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
         wall = _finite(own["wallclock_s"]) if "wallclock_s" in own else np.array([])
         row["wallclock_s_total"] = float(wall.sum()) if len(wall) else math.nan
         row["wallclock_s_mean"] = float(wall.mean()) if len(wall) else math.nan
+        row["measured_on"] = "; ".join(run_devices(own))
         target = targets.get(dataset, math.nan)
         reached = [time_to_target(metrics[metrics["run_dir"] == d], primary, target) for d in healthy["run_dir"]]
         reached = [r for r in reached if not math.isnan(r[0])]
@@ -156,7 +160,9 @@ def dataset_table(table: pd.DataFrame) -> str:
         split, kind = loss.split("_")
         header += [f"final {split} {kind.upper()}", f"best {split} {kind.upper()}"]
     bench = "bench_ms_per_step" in table
+    mixed = table["measured_on"].nunique() > 1  # measured seconds of two machines are not comparable
     header += ["ms/step", "wall-clock (s, all seeds)", "epochs to target", "s to target"]
+    header += ["measured on"] if mixed else []
     header += ["bench ms/step", "bench s to target"] if bench else []
     header += ["reference"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -169,6 +175,7 @@ def dataset_table(table: pd.DataFrame) -> str:
         cells += [_fmt(r["step_ms_median"], digits=3), _fmt(r["wallclock_s_total"], digits=4),
                   _reach(r["epochs_to_target"], r["n_reached_target"], r["n_healthy"], digits=3),
                   _reach(r["seconds_to_target"], r["n_reached_target"], r["n_healthy"])]
+        cells += [r["measured_on"] or DASH] if mixed else []
         if bench:
             cells += [_fmt(r["bench_ms_per_step"], digits=3),
                       _reach(r["bench_seconds_to_target"], r["n_reached_target"], r["n_healthy"])]

@@ -225,3 +225,20 @@ def test_provenance_is_dirty_for_changed_code_not_for_changed_results(tmp_path, 
     assert results_module.provenance()["git_dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert results_module.provenance()["git_dirty"] is True
+
+
+def test_rows_say_where_they_were_measured_only_when_the_machines_differ(results):
+    """Seconds from two machine settings are not comparable, so a table mixing them names each row's."""
+    runs, metrics = load_runs(results, "default")
+    table = summary.summarize(runs, metrics)
+    assert set(table["measured_on"]) == {"cpu (2 threads)"}
+    assert "measured on" not in summary.dataset_table(table[table["dataset"] == "curves_synth"])
+    adam = (runs["dataset"] == "curves_synth") & (runs["optimizer"] == "adam")
+    runs.loc[adam, "device"], runs.loc[adam, "cpu_model"] = "cpu (1 threads)", "AMD EPYC"
+    table = summary.summarize(runs, metrics)
+    md = summary.dataset_table(table[table["dataset"] == "curves_synth"])
+    header, _, *rows = md.splitlines()
+    column = header.split(" | ").index("measured on")
+    cells = {row.split(" | ")[0].strip("| "): row.split(" | ")[column] for row in rows}
+    assert cells["Adam"] == "cpu (1 threads) on AMD EPYC"
+    assert {v for k, v in cells.items() if k != "Adam"} == {"cpu (2 threads)"}
