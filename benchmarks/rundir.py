@@ -195,14 +195,25 @@ def git_commit() -> str | None:
         return None
 
 
-def cpu_model() -> str:
-    """The processor's model name (/proc/cpuinfo on Linux): runs and benches on two CPUs of the same
-    architecture can differ twofold in speed, so every record names the model."""
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The processor's model name with its CPUID family and model (/proc/cpuinfo on Linux).
+
+    Virtual machines often report a generic name ('Intel(R) Xeon(R) Processor') for CPUs of
+    different generations whose speed differs twofold or more; the family and model numbers tell
+    them apart, so every run and bench names both."""
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
         return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def device_name(device: torch.device) -> str:

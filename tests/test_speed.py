@@ -37,6 +37,15 @@ def test_table_file_names_come_from_the_device_name():
     assert speed.file_stem("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
 
 
+def test_cpu_model_adds_the_family_and_model_that_tell_generic_names_apart():
+    # two virtual machines both calling themselves "Intel(R) Xeon(R) Processor" ran float32 matmuls at 93 and 172 GFLOP/s
+    first_core = "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 167\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+    second_core = first_core.replace(": 0", ": 1").replace("167", "999")
+    assert cpu_model(first_core + "\n" + second_core) == "Intel(R) Xeon(R) Processor (family 6, model 167)"
+    assert cpu_model("model name\t: AMD EPYC\n") == "AMD EPYC"  # nothing to add where the numbers are missing
+    assert speed.file_stem(cpu_model(first_core) + " x1") == "intel_xeon_processor_family_6_model_167_x1"
+
+
 def test_unknown_optimizer_is_named(tmp_path):
     with pytest.raises(SystemExit, match="unknown optimizer"):
         speed.main(["--optimizers", "adamw9", "--out", str(tmp_path)])
