@@ -226,6 +226,8 @@ def study_rows(root: Path) -> list[dict]:
         rows.append({"dataset": dataset, "optimizer": optimizer, "budget": protocol.get("trials"),
                      "complete": count("COMPLETE"), "pruned": count("PRUNED"), "running": count("RUNNING"),
                      "failed": sum(t.state.name == "FAIL" and "error" in t.user_attrs for t in trials),
+                     # a worker that died (machine gone, process killed): the tuner ran its settings again
+                     "lost": sum(t.state.name == "FAIL" and "error" not in t.user_attrs for t in trials),
                      "best": round(best.value, 2) if best else None,
                      "best_params": {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in best.params.items()}
                      if best else None, "final_seeds": len(seeds)})
@@ -270,12 +272,13 @@ def report(root: str = "results/reference/cpu", bench: dict[str, str] | None = N
     lines = ["# Status of the CPU reference campaign", "",
              "Studies (`<dataset>/tuning/<dataset>/<optimizer>.db`): finished trials against the budget, the",
              "best trial's objective (best full-evaluation train loss) and settings, and the winner's seeds",
-             "finished in the group `final`.", "",
-             "| dataset | optimizer | trials (complete + pruned) / budget | failed | best | best settings | final seeds |",
-             "|---|---|---|---|---|---|---|"]
+             "finished in the group `final`. `failed`: trials that raised an error; `lost (retried)`: trials",
+             "whose worker died (a killed process, a machine that went away), each run again with the same settings.", "",
+             "| dataset | optimizer | trials (complete + pruned) / budget | failed | lost (retried) | best | best settings | final seeds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['optimizer']} | {r['complete']} + {r['pruned']} / {r['budget']}"
-                     f"{' (' + str(r['running']) + ' running)' if r['running'] else ''} | {r['failed']} | "
+                     f"{' (' + str(r['running']) + ' running)' if r['running'] else ''} | {r['failed']} | {r['lost']} | "
                      f"{r['best'] if r['best'] is not None else '—'} | {r['best_params'] or '—'} | {r['final_seeds']} |")
     (root_path / "STATUS.md").write_text("\n".join(lines) + "\n")
     print(root_path / "STATUS.md")

@@ -154,3 +154,18 @@ def test_status_keeps_tiny_settings_readable(tmp_path):
                                               distributions={"optimizer.eps": eps}, value=68.5))
     (row,) = campaign.study_rows(tmp_path)
     assert row["best_params"] == {"optimizer.eps": 1.519e-10}  # four significant digits, not 0.0
+
+
+def test_status_counts_lost_workers_apart_from_errors(tmp_path):
+    db = tmp_path / "mnist" / "tuning" / "mnist" / "sgd.db"
+    db.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="mnist-sgd", storage=f"sqlite:///{db}")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL,
+                                              user_attrs={"error": "RuntimeError: boom"}))
+    for _ in range(2):  # killed workers: failed by the tuner without an error, their settings enqueued again
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL))
+    (row,) = campaign.study_rows(tmp_path)
+    assert (row["complete"], row["failed"], row["lost"]) == (1, 1, 2)
+    campaign.report(str(tmp_path))
+    assert "| mnist | sgd | 1 + 0 / None | 1 | 2 | 1.0 |" in (tmp_path / "STATUS.md").read_text()
