@@ -7,7 +7,8 @@ The protocol (see the README, "Tuning protocol"):
 - every trial trains exactly like a final run (full training set, the official 100-epoch
   schedule with 99 trained epochs, batch 1000) and is scored by its best full-evaluation train
   loss (cross-entropy, or squared error for FACES), the quantity the LocoProp notebook tunes on;
-- Optuna's TPE sampler (seeded, a few random start-up trials) proposes the settings of
+- Optuna's TPE sampler (a few random start-up trials; every trial's draws keyed by the protocol's
+  seed, the study and the trial number: `scripts/sampler.py`) proposes distinct settings of
   `configs/sweep/<optimizer>.yaml`; every optimizer of a data set gets the same number of trials;
 - successive halving prunes trials on the running mean of each epoch's mini-batch losses (free),
   and the notebook's exits (a loss above 1000, a best above 600, a best still above 350 after
@@ -42,6 +43,7 @@ from typing import Any
 import optuna
 import yaml
 from omegaconf import DictConfig
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from benchmarks.config import CONFIG_DIR, compose_config
@@ -51,6 +53,7 @@ from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atom
                                run_dir_for)
 from benchmarks.train import PruneRun, threshold_exit, train
 from benchmarks.workloads import get_workload
+from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions
 
 TRIAL_GROUP, FINAL_GROUP = "tune", "final"
 SEED_DONE = (*FINAL_STATUSES, "stopped", "failed")  # a seed run in one of these is not run again
@@ -74,14 +77,15 @@ def search_space(optimizer: str) -> dict[str, dict[str, Any]]:
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The trial's setting (drawn on the first call, the same values on later calls)."""
     values = {}
-    for key, spec in space.items():
-        if "choices" in spec:
-            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
-        elif isinstance(spec["low"], int) and isinstance(spec["high"], int):
-            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log")))
+    for key, dist in distributions(space).items():
+        if isinstance(dist, CategoricalDistribution):
+            values[key] = trial.suggest_categorical(key, list(dist.choices))
+        elif isinstance(dist, IntDistribution):
+            values[key] = trial.suggest_int(key, dist.low, dist.high, log=dist.log)
         else:
-            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+            values[key] = trial.suggest_float(key, dist.low, dist.high, log=dist.log)
     return values
 
 
@@ -104,6 +108,7 @@ class Protocol:
     reduction_factor: int = 3
     startup_trials: int = 5
     sampler_seed: int = 0
+    sampler: str = SAMPLER_NAME  # studies begun before it was recorded used TPE seeded by the trial count
     exits: bool = True  # the notebook's exits (the workload's tuning_exits), if it has any
     overrides: list[str] = field(default_factory=list)
 
@@ -137,17 +142,9 @@ class Search:
         self.study = self._open_study()
 
     # -- study
-    def _sampler(self, n_trials: int) -> optuna.samplers.BaseSampler:
-        """TPE seeded by the protocol's seed and the number of trials so far: a resumed search, or a
-        second worker, draws new settings instead of repeating the first ones, and one worker's
-        search is reproducible from its history."""
-        p = self.protocol
-        return optuna.samplers.TPESampler(seed=p.sampler_seed + n_trials, n_startup_trials=p.startup_trials,
-                                          multivariate=True, constant_liar=True)
-
     def _open_study(self) -> optuna.Study:
         p = self.protocol
-        sampler = self._sampler(0)
+        sampler = KeyedTPESampler(distributions(self.space), seed=p.sampler_seed, startup_trials=p.startup_trials)
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
         with self._lock():
             study = optuna.create_study(storage=self.storage_url, study_name=f"{self.dataset}-{self.optimizer}",
@@ -202,8 +199,14 @@ class Search:
             failures = len([t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs])
             if not waiting and (used >= self.protocol.trials or failures >= self.protocol.trials):
                 return None
-            self.study.sampler = self._sampler(len(self.trials()))
             trial = self.study.ask()
+            try:
+                suggest(trial, self.space)  # drawn under the lock: the next claim sees this setting as taken
+            except RuntimeError as err:  # the space has no setting left that the study has not tried
+                self.study.tell(trial, state=TrialState.FAIL)
+                raise SystemExit(str(err)) from None
+            if trial.relative_params:  # drawn by the sampler (not an enqueued setting, such as a retry)
+                trial.set_user_attr("sampler", SAMPLER_NAME)
             trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
             trial.set_user_attr("heartbeat", time.time())
             return trial
@@ -376,7 +379,8 @@ class Search:
             "search_space": self.space,
             "budget_trials": p.trials,
             "trials": counts,
-            "sampler": f"optuna TPE (seed {p.sampler_seed}, {p.startup_trials} random start-up trials, multivariate)",
+            "sampler": (f"optuna TPE ({p.startup_trials} random start-up trials, multivariate), each trial drawn from "
+                        f"a stream keyed by seed {p.sampler_seed}, study and trial number"),
             "pruner": (f"successive halving (min {p.min_resource} epochs, reduction factor {p.reduction_factor}) on the "
                        "running train loss" + ("; the notebook's exits" if p.exits else "")),
             "trial_run": (f"{cfg.dataset.name} n_train={cfg.dataset.n_train or 'all'}, batch {cfg.batch_size}, "

@@ -177,6 +177,48 @@ def test_fused_equals_per_layer_loop(variant, options):
     _assert_params_close(_params(model), _params(twin), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("options", [{}, {"eta": 0.3, "reduction": "mean"}, {"inner_optimizer": torch.optim.SGD},
+                                     {"inner_steps": 3, "min_inner_lr_factor": 0.5}])
+def test_gram_form_of_locoprop_s_equals_the_direct_form_in_float64(options):
+    """LocoProp-S's fused step takes its inner gradients from x^T x (the Gram form); the per-layer
+    loop recomputes x W^T + b and delta^T x over the batch (the direct form). Equal to rounding over
+    several outer steps, with a bias-free layer among the others."""
+    model = _autoencoder(sizes=(9, 7, 4, 7, 9), seed=11)
+    model[2] = nn.Linear(7, 4, bias=False).double()  # the code layer without a bias
+    twin = copy.deepcopy(model)
+    x = _data(n=10, d=9, seed=12)
+    gram = LocoProp(model, lr=3e-3, gamma=5.0, variant="S", fused=True, **options)
+    direct = LocoProp(twin, lr=3e-3, gamma=5.0, variant="S", fused=False, **options)
+    before = _params(model)
+    for _ in range(6):
+        torch.testing.assert_close(gram.step(x, x), direct.step(x, x), rtol=1e-12, atol=1e-12)
+    moved = max(float((p - q).abs().max()) for p, q in zip(_params(model), before))
+    assert moved > 1e-3  # the comparison is of real updates
+    _assert_params_close(_params(model), _params(twin), rtol=1e-10, atol=1e-13)
+
+
+def test_gram_form_rounds_like_the_direct_form_over_a_short_float32_run():
+    """float32, a short run on a wider autoencoder: both forms stay within float rounding of a float64
+    reference, relative to the distance the weights travelled."""
+    def run(dtype, fused):
+        model = _autoencoder(sizes=(64, 48, 16, 48, 64), dtype=dtype, seed=13)
+        opt = LocoProp(model, lr=2e-4, gamma=10.0, variant="S", fused=fused)
+        start = _params(model)
+        for i in range(15):
+            x = (torch.rand(50, 64, generator=torch.Generator().manual_seed(100 + i)) < 0.3).to(dtype)
+            opt.step(x, x)
+        return [p.double() for p in _params(model)], [p.double() for p in start]
+
+    reference, start = run(torch.float64, fused=False)
+    travelled = max(float((p - q).abs().max()) for p, q in zip(reference, start))
+    errors = {}
+    for fused in (True, False):
+        final, _ = run(torch.float32, fused)
+        errors[fused] = max(float((p - q).abs().max()) for p, q in zip(final, reference)) / travelled
+    assert errors[True] < 1e-3 and errors[False] < 1e-3, errors
+    assert errors[True] < 10 * errors[False] + 1e-5, errors
+
+
 def test_step_returns_loss_before_update_and_training_progresses():
     model = _autoencoder(dtype=torch.float32)
     x = _data(dtype=torch.float32)
