@@ -10,15 +10,15 @@ studies from their SQLite files, interrupted runs from their epoch checkpoints, 
 worker died is retried with the same settings. Run it again (or start more workers) at any time.
 
 `cpu-reference` is the comparison this repository ships in `results/reference/cpu/`: the CURVES-like
-stand-in with all nine optimizers of the paper (16 full-length trials each, 3 seeds of the winner),
-then the real MNIST (LocoProp-M with the authors' published defaults, 3 seeds; the seven baselines
-and LocoProp-S with 8 full-length trials each; 3 seeds of the best baseline). `cpu-relatives` adds
-DTP and FOOF with the same protocol and budget, and the LocoProp ablations.
+stand-in with all nine optimizers of the paper (16 full-length trials each), the real MNIST
+(LocoProp-M with the authors' published defaults; the seven baselines and LocoProp-S with 8
+full-length trials each) and the FACES-like stand-in (all nine with 8 trials each: no published
+FACES defaults exist for LocoProp-M); every winner runs 3 seeds. `cpu-relatives` adds DTP and FOOF
+with the same protocol and budget on each data set, and the LocoProp ablations.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sqlite3
 import subprocess
@@ -61,32 +61,6 @@ class Runs:
         return "busy" if busy else "done"
 
 
-class BestOf:
-    """More seeds for the best of several finished searches (by the mean final train loss of
-    their validated seeds), once all of them are done."""
-
-    def __init__(self, searches: list[Search], seeds: int):
-        self.searches, self.seeds = searches, seeds
-        self.dataset = searches[0].dataset
-        self.chosen: Search | None = None
-
-    def step(self) -> str:
-        if self.chosen is None:
-            if not all(s.search_done() and s.exported() is not None for s in self.searches):
-                return "busy"
-            self.chosen = min(self.searches, key=_validated_final_loss)
-            self.chosen.protocol.seeds = self.seeds
-            print(f"[campaign] best baseline on {self.chosen.dataset}: {self.chosen.optimizer}; {self.seeds} seeds")
-        return self.chosen.step()
-
-
-def _validated_final_loss(search: Search) -> float:
-    source = yaml.safe_load(search.tuned_path.read_text())["tuned_source"]
-    stats = [v for k, v in source["validation"].items() if k.startswith("final_train")]
-    mean = stats[0]["mean"] if stats else None
-    return mean if mean is not None else math.inf
-
-
 def published_default_runs(dataset: str, optimizer: str, results: str, seeds: range, eval_every: int) -> Runs:
     def configs() -> list[DictConfig]:
         return [compose_config([f"tuned={dataset}/{optimizer}", f"dataset={dataset}", f"seed={s}", "group=final",
@@ -97,19 +71,20 @@ def published_default_runs(dataset: str, optimizer: str, results: str, seeds: ra
 
 def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
     """The plan of the shipped CPU reference comparison (see the module docstring)."""
-    curves_dir, mnist_dir = f"{root}/curves_synth", f"{root}/mnist"
+    curves_dir, mnist_dir, faces_dir = f"{root}/curves_synth", f"{root}/mnist", f"{root}/faces_synth"
     note = "CPU reference campaign (scripts/campaign.py cpu-reference)"
     paper = paper_optimizers()
     baselines = [o for o in paper if optimizer_info(o)["family"] != "local_loss"]
     curves = [Search("curves_synth", o, curves_dir, Protocol(trials=16, seeds=3), tuned_dir=tuned_dir,
                      export_as="curves", note=note) for o in paper]
-    mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=1), tuned_dir=tuned_dir, note=note)
+    mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=3), tuned_dir=tuned_dir, note=note)
              for o in (*baselines, "locoprop_s")]
+    faces = [Search("faces_synth", o, faces_dir, Protocol(trials=8, seeds=3), tuned_dir=tuned_dir,
+                    export_as="faces", note=note) for o in paper]
     return [*curves,
-            published_default_runs("mnist", "locoprop_m", mnist_dir, range(1), eval_every=5),
-            *mnist,
             published_default_runs("mnist", "locoprop_m", mnist_dir, range(3), eval_every=5),
-            BestOf([s for s in mnist if s.optimizer in baselines], seeds=3)]
+            *mnist,
+            *faces]
 
 
 def ablation_runs(name: str, results: str) -> Runs:
@@ -118,16 +93,17 @@ def ablation_runs(name: str, results: str) -> Runs:
 
 def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
     """LocoProp's relatives and ablations beside the reference comparison: DTP and FOOF searched with
-    the same protocol and budget as the paper's optimizers (CURVES-like: 16 trials, 3 seeds; MNIST:
-    8 trials, 1 seed), and the LocoProp ablations on the CURVES-like data."""
-    curves_dir, mnist_dir = f"{root}/curves_synth", f"{root}/mnist"
+    the same protocol and budget as the paper's optimizers (CURVES-like: 16 trials; MNIST and
+    FACES-like: 8 trials; 3 seeds of each winner), and the LocoProp ablations on the CURVES-like data."""
     note = "CPU reference campaign (scripts/campaign.py cpu-relatives)"
     relatives = ("foof", "dtp")
-    return [*(Search("curves_synth", o, curves_dir, Protocol(trials=16, seeds=3), tuned_dir=tuned_dir,
-                     export_as="curves", note=note) for o in relatives),
-            *(ablation_runs(name, curves_dir) for name in ablation_names()),
-            *(Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=1), tuned_dir=tuned_dir, note=note)
-              for o in relatives)]
+    searches = lambda dataset, trials, export_as=None: [  # noqa: E731
+        Search(dataset, o, f"{root}/{dataset}", Protocol(trials=trials, seeds=3), tuned_dir=tuned_dir,
+               export_as=export_as, note=note) for o in relatives]
+    return [*searches("curves_synth", 16, "curves"),
+            *(ablation_runs(name, f"{root}/curves_synth") for name in ablation_names()),
+            *searches("mnist", 8),
+            *searches("faces_synth", 8, "faces")]
 
 
 PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
