@@ -33,7 +33,6 @@ the layer-local inverse training here, so it is left out rather than approximate
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import torch
@@ -41,8 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from locoprop.chain import ChainLayer, forward_record, linear_chain
+from locoprop.chain import forward_record
 from locoprop.losses import resolve_loss
+from locoprop.model_aware import ModelAwareOptimizer
 
 
 def _bernoulli_output_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -68,7 +68,7 @@ def _check_count(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a non-negative integer, got {value}")
 
 
-class DTP(Optimizer):
+class DTP(ModelAwareOptimizer):
     """Difference target propagation for an `nn.Sequential` of Linear layers and activations.
 
     Model-aware: `step(inputs, targets)` runs the model itself and returns the mini-batch loss
@@ -99,13 +99,6 @@ class DTP(Optimizer):
             both.
     """
 
-    model_aware = True
-
-    def __getstate__(self) -> dict:
-        """Keep every attribute: torch's Optimizer pickles only defaults, state and param_groups,
-        which would drop the layer chain, the inverses and the inner optimizers on copy.deepcopy."""
-        return self.__dict__
-
     def __init__(self, model: nn.Sequential, lr: float = 1e-3, inverse_lr: float = 1e-3,
                  top_lr: float = 0.1, noise_std: float = 0.1, forward_steps: int = 1,
                  inverse_steps: int = 1, forward_optimizer: Callable[..., Optimizer] = torch.optim.Adam,
@@ -119,28 +112,25 @@ class DTP(Optimizer):
         for name, value in (("forward_optimizer", forward_optimizer), ("inverse_optimizer", inverse_optimizer)):
             if not callable(value):
                 raise ValueError(f"{name} must be a callable opt(params, lr=...), got {value!r}")
-        layers = linear_chain(model)
+        if not (isinstance(loss, str) or callable(loss)):
+            raise ValueError(f"loss must be 'bernoulli', 'gaussian' or a callable, got {loss!r}")
+        defaults = dict(lr=lr, inverse_lr=inverse_lr, top_lr=top_lr, noise_std=noise_std,
+                        forward_steps=int(forward_steps), inverse_steps=int(inverse_steps))
+        super().__init__(model, defaults)
+        layers = self.layers
         if isinstance(loss, str):
             self.loss_fn = resolve_loss(loss, layers[-1].transfer.name)
             self.output_loss_fn = _output_loss(loss)
-        elif callable(loss):
-            self.loss_fn = self.output_loss_fn = loss
         else:
-            raise ValueError(f"loss must be 'bernoulli', 'gaussian' or a callable, got {loss!r}")
+            self.loss_fn = self.output_loss_fn = loss
         self.loss_on_logits = isinstance(loss, str)
-
-        self.layers: list[ChainLayer] = layers
-        self._layer_params = [list(layer.linear.parameters()) for layer in layers]
-        defaults = dict(lr=lr, inverse_lr=inverse_lr, top_lr=top_lr, noise_std=noise_std,
-                        forward_steps=int(forward_steps), inverse_steps=int(inverse_steps))
-        super().__init__([p for ps in self._layer_params for p in ps], defaults)
 
         weight = layers[0].linear.weight
         self.inverses = nn.ModuleList(
             nn.Linear(layer.linear.out_features, layer.linear.in_features, device=weight.device, dtype=weight.dtype)
             for layer in layers[1:])
         self.forward_optimizer, self.inverse_optimizer = forward_optimizer, inverse_optimizer
-        self._forward_opts = [forward_optimizer(ps, lr=lr) for ps in self._layer_params]
+        self._forward_opts = [forward_optimizer(ps, lr=lr) for ps in self.layer_params]
         self._inverse_opts = [inverse_optimizer(list(g.parameters()), lr=inverse_lr) for g in self.inverses]
         self._step = 0
 
@@ -234,23 +224,17 @@ class DTP(Optimizer):
                 total = 0.0
                 for layer, x, t in zip(self.layers, h_in, layer_targets):
                     total = total + (layer.transfer.f(layer.linear(x)) - t).pow(2).sum() / x.shape[0]
-                self._step_all(self._forward_opts, self._layer_params, total)
+                self._step_all(self._forward_opts, self.layer_params, total)
         return loss.detach()
 
     # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        """torch's state plus the inverses' parameters and every inner optimizer's state."""
-        sd = super().state_dict()
-        sd["dtp"] = {"step": self._step,
-                     "inverses": {k: v.clone() for k, v in self.inverses.state_dict().items()},
-                     "forward_optimizers": [opt.state_dict() for opt in self._forward_opts],
-                     "inverse_optimizers": [opt.state_dict() for opt in self._inverse_opts]}
-        return sd
+    def extra_state(self) -> dict[str, Any]:
+        """The step count, the inverses' parameters and every inner optimizer's state."""
+        return {"step": self._step, "inverses": {k: v.clone() for k, v in self.inverses.state_dict().items()},
+                "forward_optimizers": [opt.state_dict() for opt in self._forward_opts],
+                "inverse_optimizers": [opt.state_dict() for opt in self._inverse_opts]}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = copy.deepcopy(state_dict.pop("dtp"))
-        super().load_state_dict(state_dict)
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
         self._step = int(extra["step"])
         self.inverses.load_state_dict(extra["inverses"])
         for opts, states in ((self._forward_opts, extra["forward_optimizers"]),

@@ -26,18 +26,18 @@ The state (A, the inverses, momentum buffers, step count) round-trips through `s
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from locoprop.chain import ChainLayer, forward_record, linear_chain
+from locoprop.chain import forward_record
 from locoprop.losses import resolve_loss
+from locoprop.model_aware import ModelAwareOptimizer
 
 
-class FOOF(torch.optim.Optimizer):
+class FOOF(ModelAwareOptimizer):
     """FOOF for an `nn.Sequential` of `nn.Linear` layers and element-wise activations.
 
     Model-aware: `step(inputs, targets)` runs its own forward and backward pass and returns the
@@ -61,13 +61,6 @@ class FOOF(torch.optim.Optimizer):
             transfer) or a callable (last pre-activation, targets) -> scalar mean loss.
     """
 
-    model_aware = True
-
-    def __getstate__(self) -> dict:
-        """Keep every attribute: torch's Optimizer pickles only defaults, state and param_groups,
-        which would drop the layer chain and settings of a model-aware optimizer on copy.deepcopy."""
-        return self.__dict__
-
     def __init__(self, model: nn.Sequential, lr: float = 0.01, damping: float = 1.0,
                  factor_decay: float = 0.95, inverse_update_period: int = 10, momentum: float = 0.0,
                  weight_decay: float = 0.0, loss: str | Callable[[Tensor, Tensor], Tensor] = "bernoulli"):
@@ -83,16 +76,13 @@ class FOOF(torch.optim.Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if not weight_decay >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        layers = linear_chain(model)
         if not (isinstance(loss, str) or callable(loss)):
             raise ValueError(f"loss must be 'bernoulli', 'gaussian' or a callable, got {loss!r}")
-        self._loss_fn = resolve_loss(loss, layers[-1].transfer.name)
-        params = [p for layer in layers for p in layer.linear.parameters()]
         defaults = dict(lr=lr, damping=damping, factor_decay=factor_decay,
                         inverse_update_period=int(inverse_update_period), momentum=momentum,
                         weight_decay=weight_decay)
-        super().__init__(params, defaults)
-        self.layers: list[ChainLayer] = layers
+        super().__init__(model, defaults)
+        self._loss_fn = resolve_loss(loss, self.layers[-1].transfer.name)
         self._step = 0
 
     # ------------------------------------------------------------------ public helpers
@@ -164,14 +154,9 @@ class FOOF(torch.optim.Optimizer):
         return loss.detach()
 
     # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        """torch's state (A, A_inv, momentum buffers, per layer) plus the step count."""
-        sd = super().state_dict()
-        sd["foof"] = {"step": self._step}
-        return sd
+    def extra_state(self) -> dict[str, Any]:
+        """The step count (A, its inverse and the momentum buffers are per-parameter state)."""
+        return {"step": self._step}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = copy.deepcopy(state_dict.pop("foof"))
-        super().load_state_dict(state_dict)
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
         self._step = int(extra["step"])

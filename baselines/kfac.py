@@ -43,15 +43,15 @@ host except on inverse refreshes (the finiteness checks of the factors before th
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from locoprop.chain import ChainLayer, ForwardRecord, forward_record, linear_chain
+from locoprop.chain import ForwardRecord, forward_record
 from locoprop.losses import LOSS_KINDS, resolve_loss
+from locoprop.model_aware import ModelAwareOptimizer
 
 FISHER_KINDS = ("sampled", "empirical")
 
@@ -88,7 +88,7 @@ def quadratic_model_coefficients(c: Tensor, b: Tensor, first: bool) -> tuple[Ten
     return torch.where(ok, alpha, alpha_only), torch.where(ok, mu, torch.zeros_like(mu))
 
 
-class KFAC(torch.optim.Optimizer):
+class KFAC(ModelAwareOptimizer):
     """K-FAC for an `nn.Sequential` of `nn.Linear` layers and element-wise activations.
 
     Model-aware: `step(inputs, targets)` runs its own forward and backward passes and returns
@@ -123,13 +123,6 @@ class KFAC(torch.optim.Optimizer):
             per layer and step). Used by the tests; off in the paper.
     """
 
-    model_aware = True
-
-    def __getstate__(self) -> dict:
-        """Keep every attribute: torch's Optimizer pickles only defaults, state and param_groups,
-        which would drop the layer chain and settings of a model-aware optimizer on copy.deepcopy."""
-        return self.__dict__
-
     def __init__(self, model: nn.Sequential, lr: float = 1.0, momentum: float = 0.0,
                  damping: float = 150.0, weight_decay: float = 1e-5, factor_decay: float = 0.95,
                  inverse_update_period: int = 10, damping_adaptation_period: int = 5,
@@ -154,8 +147,6 @@ class KFAC(torch.optim.Optimizer):
             damping_decay = (19.0 / 20.0) ** damping_adaptation_period
         if not 0.0 < damping_decay < 1.0:
             raise ValueError(f"damping_decay (omega) must be in (0, 1), got {damping_decay}")
-        layers = linear_chain(model)
-        params = [p for layer in layers for p in layer.linear.parameters()]
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         factor_decay=factor_decay, inverse_update_period=inverse_update_period,
                         damping_adaptation_period=damping_adaptation_period, adapt_damping=adapt_damping,
@@ -163,11 +154,10 @@ class KFAC(torch.optim.Optimizer):
                         rho_includes_damping=rho_includes_damping, fisher=fisher,
                         damping_decay=damping_decay, min_damping=min_damping, max_damping=max_damping,
                         exact_damping=exact_damping)
-        super().__init__(params, defaults)
-        self.layers: list[ChainLayer] = layers
+        super().__init__(model, defaults)
         self.loss_kind = loss
-        self._loss_fn = resolve_loss(loss, layers[-1].transfer.name)
-        weight = layers[0].linear.weight
+        self._loss_fn = resolve_loss(loss, self.layers[-1].transfer.name)
+        weight = self.layers[0].linear.weight
         self._step = 0
         self._damping = torch.tensor(float(damping), dtype=weight.dtype, device=weight.device)
         # lambda + eta used by the current inverses (the preconditioner's damping)
@@ -411,16 +401,10 @@ class KFAC(torch.optim.Optimizer):
         return torch.nn.functional.pad(m, (0, 1, 0, 1))
 
     # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        sd["kfac"] = {"step": self._step, "damping": self._damping.clone(),
-                      "inverse_damping": self._inverse_damping.clone()}
-        return sd
+    def extra_state(self) -> dict[str, Any]:
+        return {"step": self._step, "damping": self._damping.clone(), "inverse_damping": self._inverse_damping.clone()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = copy.deepcopy(state_dict.pop("kfac"))
-        super().load_state_dict(state_dict)
+    def load_extra_state(self, extra: dict[str, Any]) -> None:
         ref = self._damping
         self._step = int(extra["step"])
         self._damping = extra["damping"].to(dtype=ref.dtype, device=ref.device)

@@ -46,7 +46,8 @@ def default_root(name: str) -> Path:
 MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 IDX_IMAGES_MAGIC = 2051
 # Image files per split: (file name, number of images). Only the images are needed.
-MNIST_IMAGE_FILES = {"train": ("train-images-idx3-ubyte", 60_000), "test": ("t10k-images-idx3-ubyte", 10_000)}
+MNIST_SPLIT = (60_000, 10_000)
+MNIST_IMAGE_FILES = {"train": ("train-images-idx3-ubyte", MNIST_SPLIT[0]), "test": ("t10k-images-idx3-ubyte", MNIST_SPLIT[1])}
 MNIST_IMAGE_SIZE = (28, 28)
 # sha256 of the UNCOMPRESSED original files.
 MNIST_SHA256 = {

@@ -1,94 +1,242 @@
-"""The optimizer registry and the training step: every optimizer is one config file.
+"""The optimizer contract and registry: every optimizer is one config file.
 
-`configs/optimizer/<name>.yaml` names its class (`_target_`, e.g. `torch.optim.SGD`), its run
-label (`name`), its legend label, its family and whether the LocoProp paper compares it; every list
-of optimizers in the harness is read from there. Adding an optimizer means adding its class
-(anywhere importable) and one YAML file.
+`configs/optimizer/<name>.yaml` says everything the harness needs:
 
-Two families share one seam: gradient optimizers (SGD ... Adam, Shampoo) take
-`loss.backward(); opt.step()`, model-aware ones (LocoProp, K-FAC, FOOF, DTP; their class says
-`model_aware = True`) take the model instead of its parameters and `opt.step(inputs, targets)`.
-`make_step` hides the difference: `loss = step(x)` for an autoencoder (the targets are the inputs).
+- `_target_` (required): a torch.optim-style class (built as `cls(model.parameters(), **hp)`), a
+  model-aware class (`locoprop.model_aware.ModelAwareOptimizer`, built as `cls(model, **hp)` and
+  stepped as `opt.step(inputs, targets)`), or a factory function `(model, **hp) -> Optimizer` that
+  may build parameter groups (e.g. Muon for the hidden matrices, AdamW for the rest);
+- its hyper-parameters (every other key not listed below is passed to `_target_`);
+- harness keys, all optional: `name` (the run label; default the file name), `label` (legends and
+  tables; default the name), `family` (how reports group and draw it; default 'other'), `paper`
+  (one of the LocoProp paper's nine; default false), `style` (matplotlib keywords: color,
+  linestyle, marker, ...; default derived from the family and the label), `extra` (the optional
+  dependency group that provides `_target_`, named in the error when it is missing).
+
+Also optional: `configs/sweep/<name>.yaml` (the tuner's search space; default: the learning rate
+over [lr/30, 30 lr], log-uniform) and `configs/optimizer/inner_optimizer/<name>.yaml` (its use as
+LocoProp's inner optimizer). An optimizer with `eval()` and `train()` methods (Schedule-Free) is
+put in training mode when built, and `evaluation_weights` switches it to its evaluation weights
+for evaluations and checkpoints.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import yaml
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from torch import Tensor, nn
 
 from benchmarks.config import CONFIG_DIR
 
-HARNESS_KEYS = ("name", "label", "family", "paper")  # read by the harness, not passed to the class
-FAMILY_ORDER = ("first_order", "second_order", "local_loss", "target_propagation")
+HARNESS_KEYS = ("name", "label", "family", "paper", "style", "extra")  # read by the harness, not passed on
+FAMILY_ORDER = ("first_order", "second_order", "local_loss", "target_propagation", "modern", "other")
+FAMILY_LABELS = {"first_order": "first-order", "second_order": "second-order", "local_loss": "local losses (LocoProp)",
+                 "target_propagation": "target propagation", "modern": "modern (not in the paper)", "other": "other"}
+# Defaults of `style` by family: a dash pattern and a marker; the colour comes from the label.
+FAMILY_STYLES = {"first_order": dict(linestyle="--", marker="v"), "second_order": dict(linestyle="-.", marker="s"),
+                 "local_loss": dict(linestyle="-", marker="o", linewidth=2.0, zorder=4),
+                 "target_propagation": dict(linestyle="-", marker="D"), "modern": dict(linestyle=":", marker="^"),
+                 "other": dict(linestyle=(0, (3, 1, 1, 1)), marker="x")}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+DEFAULT_SEARCH_DECADES = 1.5  # the default search space: lr over [lr / 10^1.5, lr * 10^1.5]
 
 
-def _read(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text()) or {}
+class OptimizerConfigError(ValueError):
+    """An optimizer config that cannot be built; the message says what kind of failure it is."""
 
+
+# ----------------------------------------------------------------------------- the registry
 
 def optimizer_names(group: str = "optimizer") -> list[str]:
     """Every optimizer with a config (group 'optimizer/inner_optimizer': LocoProp's inner choices)."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+def config_path(name: str) -> Path:
+    return CONFIG_DIR / "optimizer" / f"{name}.yaml"
+
+
 def optimizer_info(name: str) -> dict[str, Any]:
-    """The harness keys of one optimizer's config: name, label, family, paper."""
-    path = CONFIG_DIR / "optimizer" / f"{name}.yaml"
+    """The harness keys of one optimizer's config, defaults filled in."""
+    path = config_path(name)
     if not path.is_file():
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(optimizer_names())}")
-    info = _read(path)
-    return {key: info.get(key) for key in HARNESS_KEYS}
+    info = yaml.safe_load(path.read_text()) or {}
+    info = {key: info.get(key) for key in HARNESS_KEYS}
+    info["name"] = info["name"] or name
+    info["label"] = info["label"] or info["name"]
+    info["family"] = info["family"] or "other"
+    if info["family"] not in FAMILY_ORDER:
+        raise ValueError(f"{path}: unknown family {info['family']!r}; choose one of {', '.join(FAMILY_ORDER)}")
+    info["paper"] = bool(info["paper"])
+    info["style"] = {**default_style(info["label"], info["family"]), **(info["style"] or {})}
+    return info
+
+
+def default_style(label: str, family: str) -> dict[str, Any]:
+    """A stable look for an optimizer without its own `style`: the family's dashes and marker, a
+    palette colour chosen by the label (the same in every figure and every run of the harness)."""
+    index = int(hashlib.sha256(label.encode()).hexdigest(), 16) % len(PALETTE)
+    return {"color": PALETTE[index], "linewidth": 1.0, "zorder": 3, **FAMILY_STYLES.get(family, FAMILY_STYLES["other"])}
 
 
 def paper_optimizers() -> list[str]:
     """The nine optimizers the LocoProp paper compares, first-order methods first."""
-    infos = [optimizer_info(n) for n in optimizer_names()]
-    paper = [i for i in infos if i["paper"]]
-    return [i["name"] for i in sorted(paper, key=lambda i: (FAMILY_ORDER.index(i["family"]), i["name"]))]
+    return family_sorted(n for n in optimizer_names() if optimizer_info(n)["paper"])
+
+
+def family_sorted(names) -> list[str]:
+    """Optimizers by family (FAMILY_ORDER), then by name."""
+    infos = [optimizer_info(n) for n in names]
+    return [i["name"] for i in sorted(infos, key=lambda i: (FAMILY_ORDER.index(i["family"]), i["name"]))]
 
 
 def label(name: str) -> str:
     """The legend label of an optimizer (its name if it has no config)."""
     try:
-        return optimizer_info(name)["label"] or name
+        return optimizer_info(name)["label"]
     except ValueError:
         return name
 
 
-def _strip(cfg: Any) -> Any:
+def search_space(name: str) -> dict[str, dict[str, Any]]:
+    """The tuner's search space: `configs/sweep/<name>.yaml`, or by default the learning rate over
+    three decades around the config's value (log-uniform).
+
+    Each entry is a dotted config key and `{low, high[, log]}` (a float or, for integer bounds, an
+    int) or `{choices: [...]}`."""
+    path = CONFIG_DIR / "sweep" / f"{name}.yaml"
+    if path.is_file():
+        space = yaml.safe_load(path.read_text()) or {}
+        where = str(path)
+    else:
+        info_path = config_path(name)
+        if not info_path.is_file():
+            raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(optimizer_names())}")
+        lr = (yaml.safe_load(info_path.read_text()) or {}).get("lr")
+        if not isinstance(lr, (int, float)) or lr <= 0:
+            raise ValueError(f"{info_path} has no positive lr to centre a default search space on: "
+                             f"write {path} (dotted keys with {{low, high, log}} or {{choices}})")
+        factor = 10 ** DEFAULT_SEARCH_DECADES
+        space = {"optimizer.lr": {"low": float(lr) / factor, "high": float(lr) * factor, "log": True}}
+        where = f"the default search space of {name} (no {path})"
+    for key, spec in space.items():
+        if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
+            raise ValueError(f"{where}: {key} needs {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
+    return space
+
+
+# ----------------------------------------------------------------------------- building one
+
+def hyper_parameters(cfg: Any) -> Any:
+    """What the config passes to its `_target_`: the harness keys removed, also from nested configs
+    (LocoProp's inner optimizer)."""
     if isinstance(cfg, Mapping):
-        return {k: _strip(v) for k, v in cfg.items() if k not in HARNESS_KEYS}
+        return {k: hyper_parameters(v) for k, v in cfg.items() if k not in HARNESS_KEYS}
     return cfg
 
 
-def optimizer_class(cfg: Mapping[str, Any]) -> type:
+def _where(cfg: Mapping[str, Any]) -> str:
+    name = cfg.get("name")
+    path = config_path(name) if name else None
+    return f"optimizer {name!r} ({path.relative_to(CONFIG_DIR.parent)})" if path and path.is_file() else \
+        f"optimizer {name or cfg.get('_target_')!r}"
+
+
+def _target(cfg: Mapping[str, Any]) -> Any:
+    """The class or factory a config names, imported; a clear error when it cannot be."""
     if "_target_" not in cfg:
-        raise ValueError(f"optimizer config {dict(cfg)!r} names no class (_target_)")
-    return get_class(cfg["_target_"])
+        raise OptimizerConfigError(f"{_where(cfg)}: the config names no class or factory (_target_)")
+    try:
+        return get_object(cfg["_target_"])
+    except Exception as err:  # noqa: BLE001 - Hydra wraps import errors in several ways
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        hint = ""
+        if isinstance(cause, ModuleNotFoundError) and cfg.get("extra"):
+            hint = (f"; it needs the optional dependencies '{cfg['extra']}': "
+                    f"pip install 'locoprop-bench[{cfg['extra']}]' (or pip install -e '.[{cfg['extra']}]')")
+        raise OptimizerConfigError(f"{_where(cfg)}: cannot import {cfg['_target_']!r}: "
+                                   f"{type(cause).__name__}: {cause}{hint}") from err
+
+
+def takes_model(target: Any) -> bool:
+    """A model-aware class or a factory function gets the model; a plain class its parameters."""
+    return getattr(target, "model_aware", False) or not inspect.isclass(target)
 
 
 def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Instantiate the optimizer a config describes (`_target_` + hyper-parameters) for `model`.
+    """Build the optimizer a config describes for `model`, in training mode.
 
-    Model-aware classes get the model (and, unless set, the model's loss kind); the others get
-    `model.parameters()`. Unknown or invalid hyper-parameters raise a ValueError naming the optimizer.
-    """
-    name = cfg.get("name", cfg.get("_target_"))
-    cls = optimizer_class(cfg)
-    kwargs = _strip(cfg)
-    model_aware = getattr(cls, "model_aware", False)
-    if model_aware and "loss" in inspect.signature(cls).parameters and "loss" not in kwargs:
+    Model-aware classes and factories get the model (and, when they take a `loss` that the config
+    does not set, the model's loss kind); plain classes get `model.parameters()`. A failure says
+    what kind it is: the target cannot be imported, a hyper-parameter is unknown, a value is
+    invalid, or the optimizer does not accept this model's parameters (a structural mismatch, e.g.
+    an optimizer of matrices given biases: a factory that builds parameter groups is the fix)."""
+    target = _target(cfg)
+    kwargs = hyper_parameters(cfg)
+    if takes_model(target) and "loss" in _parameters(target) and "loss" not in kwargs:
         kwargs["loss"] = getattr(model, "loss_kind", "bernoulli")
+    first = model if takes_model(target) else model.parameters()
     try:
-        return instantiate(kwargs, model if model_aware else model.parameters(), _convert_="all")
+        optimizer = instantiate(kwargs, first, _convert_="all")
     except InstantiationException as err:
-        raise ValueError(f"bad hyper-parameters for optimizer {name!r}: {err.__cause__ or err}") from err
+        cause = err.__cause__ or err
+        raise OptimizerConfigError(f"{_where(cfg)}: {_failure_kind(target, model, kwargs, cause)}: "
+                                   f"{type(cause).__name__}: {cause}") from err
+    if has_weight_modes(optimizer):
+        optimizer.train()
+    return optimizer
+
+
+def _parameters(target: Any) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _failure_kind(target: Any, model: nn.Module, kwargs: dict[str, Any], cause: BaseException) -> str:
+    if isinstance(cause, ImportError):
+        return "a package it needs is missing"
+    if isinstance(cause, TypeError) and "argument" in str(cause):
+        return "a hyper-parameter is not accepted (unknown, missing or of the wrong type)"
+    bare = {k: v for k, v in kwargs.items() if k in ("_target_", "loss")}
+    try:  # the same target with its own defaults: if that fails too, the model is the problem
+        instantiate(bare, model if takes_model(target) else model.parameters(), _convert_="all")
+    except Exception:  # noqa: BLE001
+        return "it does not accept this model's parameters (a structural mismatch)"
+    return "a hyper-parameter value is invalid"
+
+
+# ----------------------------------------------------------------------------- using one
+
+def has_weight_modes(optimizer: Any) -> bool:
+    """Whether the optimizer keeps separate training and evaluation weights (Schedule-Free)."""
+    return callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
+
+
+@contextlib.contextmanager
+def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """The model holds the optimizer's evaluation weights inside the block, its training weights
+    after it (a no-op for optimizers with one set of weights)."""
+    if not has_weight_modes(optimizer):
+        yield
+        return
+    optimizer.eval()
+    try:
+        yield
+    finally:
+        optimizer.train()
 
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], Tensor]:

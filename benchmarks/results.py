@@ -23,16 +23,16 @@ import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.optimizers import label as optimizer_label
+from benchmarks.optimizers import default_style, label as optimizer_label, optimizer_info
 from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, REPO_ROOT,
                                atomic_write_json, atomic_write_text, config_hash, read_summary)
-from benchmarks.workloads import WORKLOADS
+from benchmarks.workloads import WORKLOADS, Workload
 
 HEALTHY = ("finished", "stopped")  # statuses whose numbers enter means and profiles
 LOSS_COLUMNS = ("train_loss", "train_ce", "test_ce", "train_se", "test_se")
@@ -41,30 +41,25 @@ RUN_KEYS = ("group", "dataset", "optimizer", "config_id", "seed", "run_id")
 # keys of older run configs that never changed the trained numbers
 LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
 
-__all__ = ["HEALTHY", "architecture", "bench_tables", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
-           "read_summary", "primary_metric", "dataset_label", "is_gaussian", "load_reconstructions", "optimizer_label"]
+__all__ = ["HEALTHY", "bench_tables", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
+           "read_summary", "workload_of", "mean_std", "load_reconstructions", "optimizer_label",
+           "optimizer_info", "default_style"]
 
 
-def primary_metric(dataset: str) -> str:
-    """The training loss the paper plots: cross-entropy, or squared error for linear outputs."""
-    workload = WORKLOADS.get(dataset)
-    return workload.primary_metric if workload else "train_ce"
+def workload_of(dataset: str) -> Workload:
+    """The workload record of a data set; for a name without a config (runs of an unknown data
+    set), a generic one: its own label, cross-entropy, no stand-in."""
+    return WORKLOADS.get(dataset) or Workload(name=dataset, label=dataset, sizes=(), loss_kind="bernoulli",
+                                              image_shape=(0, 0), loader_path="")
 
 
-def dataset_label(dataset: str) -> str:
-    workload = WORKLOADS.get(dataset)
-    return workload.label if workload else dataset
-
-
-def is_gaussian(dataset: str) -> bool:
-    workload = WORKLOADS.get(dataset)
-    return workload is not None and workload.loss_kind == "gaussian"
-
-
-def architecture(dataset: str) -> str:
-    """The real data set whose autoencoder a workload trains (a stand-in borrows its counterpart's)."""
-    workload = WORKLOADS.get(dataset)
-    return workload.architecture if workload else dataset
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n) of the finite values; NaN where undefined (no values; std of one)."""
+    array = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(float)
+    array = array[np.isfinite(array)]
+    if not len(array):
+        return math.nan, math.nan, 0
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan, len(array)
 
 
 def bench_tables(results_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -152,7 +147,7 @@ def _read_run(run_dir: Path, results_dir: Path) -> tuple[dict[str, Any], pd.Data
         seed = config.get("seed", -1)
     row["seed"] = int(seed) if isinstance(seed, (int, float)) and math.isfinite(seed) else -1
     if row.get("primary_metric") not in ("train_ce", "train_se"):
-        row["primary_metric"] = primary_metric(row["dataset"])
+        row["primary_metric"] = workload_of(row["dataset"]).primary_metric
 
     metrics = pd.read_csv(run_dir / "metrics.csv")
     missing = {"epoch", "wallclock_s"} - set(metrics.columns)

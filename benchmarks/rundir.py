@@ -26,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that do not change what is trained, so they stay out of the run id.
 BOOKKEEPING_KEYS = ("logger", "results_dir", "progress", "group", "resume", "stop_epoch", "eval_batch_size",
                     "throwaway_steps", "eval_every", "tuned_source", "hydra", "device")
-BOOKKEEPING_DATASET_KEYS = ("root", "download")
-BOOKKEEPING_OPTIMIZER_KEYS = ("label", "family", "paper")
+# facts about a data set (benchmarks.workloads.FACT_KEYS), identified by its name
+BOOKKEEPING_DATASET_KEYS = ("root", "download", "order", "label", "paper", "stand_in_for", "loader", "data_dir", "architecture",
+                            "loss", "image_shape", "tuning_exits")
+BOOKKEEPING_OPTIMIZER_KEYS = ("label", "family", "paper", "style", "extra")  # benchmarks.optimizers.HARNESS_KEYS but the name
 FINAL_STATUSES = ("finished", "diverged")  # a run in one of these is never run again
 STATUSES = ("running", "finished", "stopped", "pruned", "diverged", "failed")
 REPO_ROOT = Path(__file__).resolve().parents[1]

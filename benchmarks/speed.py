@@ -37,9 +37,9 @@ from benchmarks.config import compose_config
 from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import make_optimizer, make_step, optimizer_names
 from benchmarks.rundir import atomic_write_json, atomic_write_text, cpu_model, load_average
-from benchmarks.workloads import WORKLOADS
+from benchmarks.workloads import paper_datasets
 
-ARCHITECTURES = tuple(name for name, w in WORKLOADS.items() if w.real is None)  # mnist, faces, curves
+ARCHITECTURES = tuple(paper_datasets())  # mnist, faces, curves: the architectures
 RESULT_KEYS = ("dataset", "optimizer", "batch_size", "width_multiplier", "depth_multiplier", "n_params",
                "ms_per_step", "median_ms", "gflop_per_step", "gflops_achieved", "fraction_of_peak",
                "peak_memory_mb", "ratio_to_sgd", "ratio_to_rmsprop", "status")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from benchmarks.config import check_renamed
 from benchmarks.fast import CudaGraphStep, compiled_step
 from benchmarks.models import Autoencoder, build_autoencoder
-from benchmarks.optimizers import make_optimizer, make_step
+from benchmarks.optimizers import evaluation_weights, has_weight_modes, make_optimizer, make_step
 from benchmarks.rundir import (FINAL_STATUSES, RunLock, atomic_savez, atomic_torch_save, atomic_write_json,
                                atomic_write_text, cpu_model, device_name, git_commit, load_average, read_summary, run_dir_for,
                                summarize_rows)
@@ -199,8 +199,9 @@ class Run:
         if epoch % int(self.cfg.eval_every) and epoch != self.n_epochs:
             return {**row, "train_ce": math.nan, "test_ce": math.nan, "train_se": math.nan, "test_se": math.nan}
         self.model.eval()
-        train_m = self.model.metrics(self.data.train, self.cfg.eval_batch_size)
-        test_m = self.model.metrics(self.data.test, self.cfg.eval_batch_size)
+        with evaluation_weights(self.optimizer):
+            train_m = self.model.metrics(self.data.train, self.cfg.eval_batch_size)
+            test_m = self.model.metrics(self.data.test, self.cfg.eval_batch_size)
         self.model.train()
         return {**row, "train_ce": train_m["ce"], "test_ce": test_m["ce"], "train_se": train_m["se"],
                 "test_se": test_m["se"]}
@@ -227,13 +228,16 @@ class Run:
         return divergence_reason(self.cfg.divergence, losses[-1], best, self.rows[-1]["epoch"], self.rows[0][self.primary])
 
     def checkpoint(self) -> None:
+        """Everything a resumed run needs to continue bit for bit (with the evaluation weights in
+        the model for an optimizer that keeps two sets: the resumed run switches back)."""
         state = {"torch": torch.get_rng_state(), "data": self.data_rng.get_state()}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
-        atomic_torch_save(self.checkpoint_path, {
-            "epoch": self.rows[-1]["epoch"], "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "rng": state, "rows": self.rows, "wallclock": self.wallclock,
-            "wandb_id": self.logger.id if self.logger is not None else None})
+        with evaluation_weights(self.optimizer):
+            atomic_torch_save(self.checkpoint_path, {
+                "epoch": self.rows[-1]["epoch"], "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": state, "rows": self.rows, "wallclock": self.wallclock,
+                "wandb_id": self.logger.id if self.logger is not None else None})
 
     def end_status(self) -> str:
         return "finished" if self.n_epochs >= self.schedule.trained_epochs() else "stopped"
@@ -244,7 +248,7 @@ class Run:
         if self.bar is not None:
             self.bar.close()
         atomic_write_text(self.run_dir / "metrics.csv", metrics_csv_text(self.rows))
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_weights(self.optimizer):
             x = self.data.test[:10]
             out = self.model(x)
         atomic_savez(self.run_dir / "reconstructions.npz", inputs=x.float().cpu().numpy(),
@@ -309,6 +313,8 @@ def prepare(run: Run) -> None:
         ckpt = torch.load(run.checkpoint_path, map_location=run.device, weights_only=False)
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
+        if has_weight_modes(run.optimizer):  # saved with its evaluation weights in the model
+            run.optimizer.train()
         torch.set_rng_state(ckpt["rng"]["torch"])
         run.data_rng.set_state(ckpt["rng"]["data"])
         if "cuda" in ckpt["rng"]:

@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .chain import ChainLayer, forward_record, linear_chain
+from .chain import forward_record
 from .losses import resolve_loss
+from .model_aware import ModelAwareOptimizer
 from .rmsprop_tf1 import RMSpropTF1
 
 # The official notebook's inner optimizer: RMSProp in TF1 semantics with these settings.
@@ -46,7 +47,7 @@ def inner_optimizer_defaults(factory: InnerOptimizer) -> dict:
     return dict(getattr(factory, "keywords", None) or {})
 
 
-class LocoProp(Optimizer):
+class LocoProp(ModelAwareOptimizer):
     """LocoProp-S / LocoProp-M for an `nn.Sequential` of Linear layers and activations.
 
     Unlike ordinary optimizers it runs the model itself: `step(inputs, targets)` does the
@@ -86,13 +87,6 @@ class LocoProp(Optimizer):
             forward computed (also the one at k = 0). (Neither runs layers concurrently.)
     """
 
-    model_aware = True
-
-    def __getstate__(self) -> dict:
-        """Keep every attribute: torch's Optimizer pickles only defaults, state and param_groups,
-        which would drop the layer chain and settings of a model-aware optimizer on copy.deepcopy."""
-        return self.__dict__
-
     def __init__(self, model: nn.Sequential, lr: float = 1e-5, gamma: float = 10.0, inner_steps: int = 10,
                  variant: str = "M", loss: str | Callable[[Tensor, Tensor], Tensor] = "bernoulli",
                  inner_optimizer: InnerOptimizer = OFFICIAL_INNER_OPTIMIZER, eta: float | None = None,
@@ -114,9 +108,10 @@ class LocoProp(Optimizer):
         if not 0.0 <= min_inner_lr_factor <= 1.0:
             raise ValueError(f"min_inner_lr_factor must be in [0, 1], got {min_inner_lr_factor}")
 
-        self.layers: list[ChainLayer] = linear_chain(model)
+        defaults = dict(lr=lr, gamma=gamma, inner_steps=int(inner_steps), eta=eta,
+                        min_inner_lr_factor=min_inner_lr_factor)
+        super().__init__(model, defaults)  # one parameter group: every layer's weight and bias
         self.loss_fn = resolve_loss(loss, self.layers[-1].transfer.name)
-        self.model = model
         self.variant = variant
         self.reduction = reduction
         self.fused = fused
@@ -127,16 +122,9 @@ class LocoProp(Optimizer):
             raise ValueError("inner_optimizer must not set lr: the inner lr is lr * max(1 - k/T, min_inner_lr_factor)")
         self.inner_optimizer = inner_optimizer
 
-        # Per layer: its parameters (weight first, then the bias if any).
-        self._layer_params = [[p for p in (l.linear.weight, l.linear.bias) if p is not None] for l in self.layers]
-        params = [p for ps in self._layer_params for p in ps]
-        defaults = dict(lr=lr, gamma=gamma, inner_steps=int(inner_steps), eta=eta,
-                        min_inner_lr_factor=min_inner_lr_factor)
-        super().__init__(params, defaults)  # one parameter group: every layer's weight and bias
-
         # LocoProp-S, fused: the inner optimizer moves the displacement W - W_t (see _step_gram)
         self._gram_form = fused and variant == "S"
-        self._displacements = [torch.zeros_like(p) for p in params] if self._gram_form else []
+        self._displacements = [torch.zeros_like(p) for p in self.param_groups[0]["params"]] if self._gram_form else []
         self._inner: list[Optimizer] = self._make_inner()
         if self._gram_form and any(self._inner[0].defaults.get(k) for k in ("weight_decay", "maximize")):
             raise ValueError("LocoProp-S (fused) runs its inner optimizer on the displacement W - W_t; an inner "
@@ -151,8 +139,8 @@ class LocoProp(Optimizer):
         if self._gram_form:
             return [self.inner_optimizer(self._displacements, lr=lr)]
         if self.fused:
-            return [self.inner_optimizer([p for ps in self._layer_params for p in ps], lr=lr)]
-        return [self.inner_optimizer(ps, lr=lr) for ps in self._layer_params]
+            return [self.inner_optimizer([p for ps in self.layer_params for p in ps], lr=lr)]
+        return [self.inner_optimizer(ps, lr=lr) for ps in self.layer_params]
 
     def _inner_lr(self, k: int) -> float:
         group = self.param_groups[0]
@@ -181,7 +169,7 @@ class LocoProp(Optimizer):
         if self._gram_form:
             self._step_gram(record, grads)
             return loss.detach()
-        for ps in self._layer_params:  # the inner gradients are written into these buffers
+        for ps in self.layer_params:  # the inner gradients are written into these buffers
             for p in ps:
                 if p.grad is None:
                     p.grad = torch.empty_like(p)
@@ -250,7 +238,7 @@ class LocoProp(Optimizer):
     def _layer_pairs(self, flat: list[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
         """A list laid out like the parameters, as (weight-like, bias-like or None) per layer."""
         pairs, i = [], 0
-        for ps in self._layer_params:
+        for ps in self.layer_params:
             pairs.append((flat[i], flat[i + 1] if len(ps) == 2 else None))
             i += len(ps)
         return pairs
@@ -325,7 +313,7 @@ class LocoProp(Optimizer):
         gamma, T, eta = group["gamma"], group["inner_steps"], group["eta"]
         scale = 1.0 / record.inputs[0].shape[0] if self.reduction == "mean" else 1.0
         anchor_iter = iter(anchors) if anchors is not None else None
-        for layer, inner, ps, x, a, y, g in zip(self.layers, self._inner, self._layer_params,
+        for layer, inner, ps, x, a, y, g in zip(self.layers, self._inner, self.layer_params,
                                                record.inputs, record.pre, record.post, grads):
             w, b = layer.linear.weight, layer.linear.bias
             target = a - gamma * g if self.variant == "S" else y - gamma * g
@@ -353,28 +341,21 @@ class LocoProp(Optimizer):
         return self._buffers[key]
 
     # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        """The outer state plus the inner optimizers' state (always in the fused layout).
+    def extra_state(self) -> dict:
+        """The inner optimizers' state, always in the fused layout (one inner optimizer over every
+        parameter), so checkpoints do not depend on `fused`: per-layer inner states are merged."""
+        return {"inner": self._merged_inner_state()}
 
-        Saving in one layout makes checkpoints independent of `fused`: per-layer inner
-        states are merged into the state dict one inner optimizer over all parameters would have.
-        """
-        state = super().state_dict()
-        state["inner"] = self._merged_inner_state()
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        inner = state_dict.pop("inner", None)
-        super().load_state_dict(state_dict)
+    def load_extra_state(self, extra: dict) -> None:
         self._inner = self._make_inner()
+        inner = extra.get("inner")
         if inner is None:
             return
-        if self.fused:
+        if len(self._inner) == 1:
             self._inner[0].load_state_dict(inner)
             return
         offset = 0
-        for opt, ps in zip(self._inner, self._layer_params):
+        for opt, ps in zip(self._inner, self.layer_params):
             n = len(ps)
             layer_state = {int(i) - offset: s for i, s in inner["state"].items() if offset <= int(i) < offset + n}
             groups = [dict(inner["param_groups"][0], params=list(range(n)))]
@@ -382,10 +363,10 @@ class LocoProp(Optimizer):
             offset += n
 
     def _merged_inner_state(self) -> dict:
-        if self.fused:
+        if len(self._inner) == 1:
             return self._inner[0].state_dict()
         state, offset = {}, 0
-        for opt, ps in zip(self._inner, self._layer_params):
+        for opt, ps in zip(self._inner, self.layer_params):
             sd = opt.state_dict()
             state.update({offset + int(i): s for i, s in sd["state"].items()})
             offset += len(ps)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.workloads import WORKLOADS, load_dataset
+from benchmarks.workloads import load_dataset, paper_datasets
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="data")
-    real = [name for name, workload in WORKLOADS.items() if workload.real is None]
+    real = paper_datasets()
     parser.add_argument("--datasets", nargs="+", default=real, choices=real)
     args = parser.parse_args(argv)
     for name in args.datasets:

@@ -31,35 +31,15 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.results import (HEALTHY, architecture, bench_ms_per_step, dataset_label, is_gaussian,  # noqa: E402
-                                load_reconstructions, load_runs_or_explain, optimizer_label, primary_metric,
-                                provenance, run_record, setting_name, setting_text, varying_settings, write_json)
+from benchmarks.results import (HEALTHY, bench_ms_per_step, default_style, load_reconstructions,  # noqa: E402
+                                load_runs_or_explain, optimizer_info, optimizer_label, provenance, run_record,
+                                setting_name, setting_text, varying_settings, workload_of, write_json)
 
 COLUMN_WIDTH, FULL_WIDTH = 3.3, 6.8  # inches: one paper column, the full page width
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 6.5,
          "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.linewidth": 0.6, "lines.linewidth": 1.0,
          "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 300}
 
-# One fixed look per optimizer in every figure (labels come from the optimizer configs); LocoProp
-# drawn thick, solid and on top. Optimizers not listed get grey with a name-derived dash pattern.
-OPTIMIZER_STYLES: dict[str, dict[str, Any]] = {
-    "locoprop_m": dict(color="#d62728", linestyle="-", linewidth=2.0, zorder=5),
-    "locoprop_s": dict(color="#000000", linestyle="-", linewidth=2.0, zorder=4),
-    "kfac": dict(color="#1f77b4", linestyle="-."),
-    "foof": dict(color="#17becf", linestyle="-."),
-    "shampoo": dict(color="#ff7f0e", linestyle="-."),
-    "dtp": dict(color="#e377c2", linestyle="-", linewidth=1.5),
-    "adam": dict(color="#2ca02c", linestyle="--"),
-    "adam_tf1": dict(color="#2ca02c", linestyle=":"),
-    "rmsprop": dict(color="#9467bd", linestyle="--"),
-    "rmsprop_tf1": dict(color="#9467bd", linestyle=":"),
-    "adagrad": dict(color="#8c564b", linestyle="--"),
-    "adagrad_tf1": dict(color="#8c564b", linestyle=":"),
-    "nesterov": dict(color="#bcbd22", linestyle="--"),
-    "momentum": dict(color="#7f7f7f", linestyle="-."),
-    "sgd": dict(color="#7f7f7f", linestyle=":"),
-}
-_FALLBACK_LINESTYLES = ("-", "--", "-.", ":")
 _CONFIG_DASHES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 2)), (0, (4, 2, 1, 2, 1, 2)))
 METRIC_LABELS = {"train_ce": "train cross-entropy (nats, summed over pixels)",
                  "test_ce": "test cross-entropy (nats, summed over pixels)",
@@ -72,12 +52,13 @@ TIME_LABELS = {"measured": "training wall-clock (s, measured)",
 
 
 def style_for(optimizer: str) -> dict[str, Any]:
-    """The optimizer's fixed style and label; unknown names get grey with a name-derived dash pattern."""
-    base = {"label": optimizer_label(optimizer), "linewidth": 1.0, "zorder": 3}
-    if optimizer in OPTIMIZER_STYLES:
-        return {**base, **OPTIMIZER_STYLES[optimizer]}
-    dash = _FALLBACK_LINESTYLES[sum(map(ord, optimizer)) % len(_FALLBACK_LINESTYLES)]
-    return {**base, "color": "#555555", "linestyle": dash, "zorder": 2}
+    """The optimizer's look in every figure: its config's `style` (or the family's default, see
+    benchmarks.optimizers), its label; a name without a config gets the 'other' family's look."""
+    try:
+        info = optimizer_info(optimizer)
+    except ValueError:
+        info = {"label": optimizer, "style": default_style(optimizer, "other")}
+    return {"label": info["label"], **info["style"]}
 
 
 def _log_axis(axis, values: np.ndarray) -> None:
@@ -109,15 +90,20 @@ def _diverged_key() -> Line2D:
                   label="x: diverged (last finite value)")
 
 
+LEGEND_FAMILIES = ("local_loss", "second_order", "first_order", "target_propagation", "modern", "other")
+
+
 def ordered(optimizers: Iterable[str]) -> list[str]:
-    """Known optimizers in palette order (LocoProp first), unknown ones after, alphabetically."""
-    names = set(optimizers)
-    return [o for o in OPTIMIZER_STYLES if o in names] + sorted(names - set(OPTIMIZER_STYLES))
+    """Legend order: LocoProp first, then second-order, first-order, the relatives, the rest; by
+    name within a family; names without a config last."""
+    def key(name: str) -> tuple[int, str]:
+        try:
+            return LEGEND_FAMILIES.index(optimizer_info(name)["family"]), name
+        except ValueError:
+            return len(LEGEND_FAMILIES), name
+    return sorted(set(optimizers), key=key)
 
 
-def heldout_metric(dataset: str) -> str:
-    """The test-set twin of the primary train loss."""
-    return primary_metric(dataset).replace("train", "test")
 
 
 # ---------------------------------------------------------------- time axis
@@ -127,7 +113,7 @@ def with_bench_time(runs: pd.DataFrame, metrics: pd.DataFrame, bench: dict) -> p
     """metrics with wallclock_s replaced by epoch x steps per epoch x the bench's ms/step (NaN if unknown)."""
     seconds_per_epoch = {}
     for _, run in runs.iterrows():
-        ms = bench.get((architecture(run["dataset"]), run["optimizer"], int(run.get("cfg.batch_size", 1000) or 1000)))
+        ms = bench.get((workload_of(run["dataset"]).architecture, run["optimizer"], int(run.get("cfg.batch_size", 1000) or 1000)))
         steps = run.get("steps_per_epoch")
         seconds_per_epoch[run["run_dir"]] = ms * steps / 1e3 if ms and steps == steps else np.nan
     out = metrics.copy()
@@ -222,7 +208,7 @@ def curve_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str
         plt.close(fig)
         print(f"{dataset}: nothing to draw for {y} against {x}", file=sys.stderr)
         return None, []
-    ax.set_title(dataset_label(dataset))
+    ax.set_title(workload_of(dataset).label)
     _legend_below(ax, extra=[_diverged_key()] if (~runs["status"].isin(HEALTHY)).any() else None)
     return fig, drawn
 
@@ -247,7 +233,7 @@ def late_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str,
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_ylim(0.98 * min(lowest, best), LATE_TOP * best)
-    ax.set_title(f"{dataset_label(dataset)}\nzoom: up to {LATE_TOP:g} x the best final")
+    ax.set_title(f"{workload_of(dataset).label}\nzoom: up to {LATE_TOP:g} x the best final")
     return fig, drawn
 
 
@@ -258,12 +244,12 @@ def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = 
     drawn: list[str] = []
     for row, dataset in enumerate(datasets):
         r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
-        panels = ((primary_metric(dataset), "epoch"), (primary_metric(dataset), time_axis),
-                  (heldout_metric(dataset), "epoch"))
+        panels = ((workload_of(dataset).primary_metric, "epoch"), (workload_of(dataset).primary_metric, time_axis),
+                  (workload_of(dataset).test_metric, "epoch"))
         for col, (y, x) in enumerate(panels):
             drawn += plot_curves(axes[row, col], r, m, y, x)
             axes[row, col].set_ylabel(SHORT_METRIC_LABELS.get(y, y))
-        axes[row, 0].set_title(dataset_label(dataset), loc="left")
+        axes[row, 0].set_title(workload_of(dataset).label, loc="left")
     handles = [Line2D([], [], label=label, **{k: v for k, v in style.items() if k not in ("zorder", "label")})
                for label, _, style in _configs(runs)]
     if (~runs["status"].isin(HEALTHY)).any():
@@ -300,7 +286,7 @@ def step_time_figure(runs: pd.DataFrame):
         ax.bar(positions, table[optimizer].to_numpy(float), width=width, color=style["color"],
                edgecolor="black" if optimizer.startswith("locoprop") else "none", linewidth=0.6,
                hatch=None if style["linestyle"] in ("-", "--") else "///", label=style["label"])
-    ax.set_xticks(np.arange(len(datasets)), [dataset_label(d) for d in datasets])
+    ax.set_xticks(np.arange(len(datasets)), [workload_of(d).label for d in datasets])
     ax.set_ylim(bottom=0)
     ax.set_ylabel("median time per step (ms)")
     ax.grid(True, axis="y", linewidth=0.3, alpha=0.5)
@@ -355,7 +341,7 @@ def reconstruction_figure(dataset: str, runs: pd.DataFrame):
         drawn.append(run["run_dir"])
     if originals is None:
         return None, []
-    gaussian = is_gaussian(dataset)
+    gaussian = workload_of(dataset).loss_kind == "gaussian"
     n, (h, w) = originals.shape[0], shape
     images = np.concatenate([_display(r, gaussian) for r in rows]).reshape(-1, 1, h, w)
     pad = 2
@@ -368,7 +354,7 @@ def reconstruction_figure(dataset: str, runs: pd.DataFrame):
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(dataset_label(dataset) + (" (each image rescaled to [0,1])" if gaussian else ""), fontsize=8)
+    ax.set_title(workload_of(dataset).label + (" (each image rescaled to [0,1])" if gaussian else ""), fontsize=8)
     return fig, drawn
 
 
@@ -387,7 +373,7 @@ def final_scores(runs: pd.DataFrame) -> pd.DataFrame:
         best = np.inf
         for _, cfg_runs in own.groupby("config_id"):
             healthy = cfg_runs[cfg_runs["status"].isin(HEALTHY)]
-            values = healthy[f"final_{primary_metric(dataset)}"].to_numpy(float) if len(healthy) else np.array([])
+            values = healthy[f"final_{workload_of(dataset).primary_metric}"].to_numpy(float) if len(healthy) else np.array([])
             values = values[np.isfinite(values)]
             if len(values):
                 best = min(best, float(values.mean()))
@@ -447,7 +433,7 @@ def profile_figure(runs: pd.DataFrame):
 
 def _mean_final(own: pd.DataFrame, dataset: str) -> float:
     healthy = own[own["status"].isin(HEALTHY)]
-    values = healthy[f"final_{primary_metric(dataset)}"].to_numpy(float)
+    values = healthy[f"final_{workload_of(dataset).primary_metric}"].to_numpy(float)
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else np.inf
 
@@ -511,13 +497,13 @@ def ablation_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame):
     finals = table["final"].to_numpy(float)
     _log_axis(left.yaxis, finals[np.isfinite(finals)])
     left.set_xlabel(key + (f" (best over {second}; grey: every {second})" if second else ""))
-    left.set_ylabel("final " + METRIC_LABELS[primary_metric(dataset)])
+    left.set_ylabel("final " + METRIC_LABELS[workload_of(dataset).primary_metric])
     left.grid(True, linewidth=0.3, alpha=0.5)
     shown = runs[runs["config_id"].isin(best["config_id"])]
-    drawn = plot_curves(right, shown, metrics[metrics["run_dir"].isin(shown["run_dir"])], primary_metric(dataset))
+    drawn = plot_curves(right, shown, metrics[metrics["run_dir"].isin(shown["run_dir"])], workload_of(dataset).primary_metric)
     right.set_ylabel("")
     right.legend(loc="upper right", frameon=False, fontsize=5.5)
-    fig.suptitle(f"{dataset_label(dataset)}: ablation of {key}", fontsize=9)
+    fig.suptitle(f"{workload_of(dataset).label}: ablation of {key}", fontsize=9)
     fig.tight_layout()
     return fig, drawn
 
@@ -568,12 +554,12 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
     with plt.rc_context(STYLE):
         for dataset in sorted(runs["dataset"].unique()):
             r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
-            primary = primary_metric(dataset)
+            primary = workload_of(dataset).primary_metric
             emit(f"{dataset}_train_vs_epoch", *curve_figure(dataset, r, m, primary, "epoch"))
             emit(f"{dataset}_train_vs_epoch_late", *late_figure(dataset, r, m, primary, "epoch"))
             emit(f"{dataset}_train_vs_time", *curve_figure(dataset, r, m, primary, time_axis))
             emit(f"{dataset}_train_vs_time_late", *late_figure(dataset, r, m, primary, time_axis))
-            emit(f"{dataset}_test_vs_epoch", *curve_figure(dataset, r, m, heldout_metric(dataset), "epoch"))
+            emit(f"{dataset}_test_vs_epoch", *curve_figure(dataset, r, m, workload_of(dataset).test_metric, "epoch"))
             emit(f"{dataset}_reconstructions", *reconstruction_figure(dataset, r))
         emit("overview", *overview_figure(runs, metrics, time_axis))
         emit("step_time", *step_time_figure(runs))

@@ -22,10 +22,10 @@ from benchmarks.optimizers import paper_optimizers
 from benchmarks.results import bench_tables, read_summary
 from benchmarks.rundir import FINAL_STATUSES, run_dir_for
 from benchmarks.train import train
-from benchmarks.workloads import WORKLOADS, get_workload, load_dataset
+from benchmarks.workloads import get_workload, load_dataset, paper_datasets
 from scripts import figures, summary as summary_script
 
-PAPER_DATASETS = tuple(name for name, w in WORKLOADS.items() if w.real is None)  # mnist, faces, curves
+PAPER_DATASETS = tuple(paper_datasets())  # mnist, faces, curves
 SPECIAL_KEYS = ("seeds", "dataset", "optimizer", "dry_run", "results", "group")
 
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import (HEALTHY, architecture, bench_ms_per_step, load_runs_or_explain, primary_metric,
-                                provenance, run_devices, run_record, write_json, write_text)
+from benchmarks.results import (HEALTHY, bench_ms_per_step, load_runs_or_explain, mean_std, provenance, run_devices,
+                                run_record, workload_of, write_json, write_text)
 
 LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
 DEFAULT_TARGET_FACTOR = 1.05
@@ -61,19 +61,12 @@ def _finite(values: pd.Series) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def _mean_std(values: pd.Series) -> tuple[float, float]:
-    array = _finite(values)
-    if not len(array):
-        return math.nan, math.nan
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
-
-
 def default_targets(runs: pd.DataFrame) -> dict[str, float]:
     """Per dataset: 1.05 x the lowest mean final primary train loss over the configurations."""
     targets = {}
     for dataset, own in runs[runs["status"].isin(HEALTHY)].groupby("dataset"):
-        column = f"final_{primary_metric(dataset)}"
-        means = own.groupby(["optimizer", "config_id"])[column].apply(lambda v: _mean_std(v)[0]).dropna()
+        column = f"final_{workload_of(dataset).primary_metric}"
+        means = own.groupby(["optimizer", "config_id"])[column].apply(lambda v: mean_std(v)[0]).dropna()
         if len(means):
             targets[dataset] = DEFAULT_TARGET_FACTOR * float(means.min())
     return targets
@@ -98,7 +91,7 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
     targets = {**default_targets(runs), **(targets or {})}
     rows = []
     for (dataset, optimizer, config_id), own in runs.groupby(["dataset", "optimizer", "config_id"], sort=True):
-        primary = primary_metric(dataset)
+        primary = workload_of(dataset).primary_metric
         healthy = own[own["status"].isin(HEALTHY)]
         row: dict[str, Any] = {"dataset": dataset, "optimizer": optimizer, "config_id": config_id,
                                "configuration": own["config_label"].iloc[0], "primary_metric": primary,
@@ -109,7 +102,7 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
             for kind in ("final", "best"):
                 column = f"{kind}_{loss}"
                 values = healthy[column] if column in healthy else pd.Series(dtype=float)
-                row[f"{column}_mean"], row[f"{column}_std"] = _mean_std(values)
+                row[f"{column}_mean"], row[f"{column}_std"], _ = mean_std(values)
         steps = _finite(own["step_ms_median"]) if "step_ms_median" in own else np.array([])
         row["step_ms_median"] = float(np.median(steps)) if len(steps) else math.nan
         wall = _finite(own["wallclock_s"]) if "wallclock_s" in own else np.array([])
@@ -124,7 +117,7 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
                    seconds_to_target=float(np.mean([r[1] for r in reached])) if reached else math.nan)
         if bench is not None:
             batch = int(own["cfg.batch_size"].iloc[0]) if "cfg.batch_size" in own else 1000
-            ms = bench.get((architecture(dataset), optimizer, batch), math.nan)
+            ms = bench.get((workload_of(dataset).architecture, optimizer, batch), math.nan)
             steps = float(own["steps_per_epoch"].iloc[0]) if "steps_per_epoch" in own else math.nan
             row.update(bench_ms_per_step=ms,
                        bench_seconds_to_target=row["epochs_to_target"] * steps * ms / 1e3)

@@ -46,11 +46,12 @@ from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.optimizers import paper_optimizers
-from benchmarks.results import read_summary
+from benchmarks.config import compose_config
+from benchmarks.optimizers import paper_optimizers, search_space as optimizer_search_space
+from benchmarks.results import mean_std, read_summary
 from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, git_commit, pid_alive,
                                run_dir_for)
+from benchmarks.schedule import Schedule
 from benchmarks.train import PruneRun, threshold_exit, train
 from benchmarks.workloads import get_workload
 from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions
@@ -64,16 +65,11 @@ RUN_OVERRIDES = ("logger=disabled", "progress=false")
 # ----------------------------------------------------------------------------- search space
 
 def search_space(optimizer: str) -> dict[str, dict[str, Any]]:
-    """The dotted config keys searched for `optimizer` and their ranges (configs/sweep/<optimizer>.yaml)."""
-    path = CONFIG_DIR / "sweep" / f"{optimizer}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise SystemExit(f"no search space {path}; optimizers with one: {', '.join(choices)}")
-    space = yaml.safe_load(path.read_text()) or {}
-    for key, spec in space.items():
-        if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
-            raise SystemExit(f"{path}: {key} needs {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
-    return space
+    """The dotted config keys searched for `optimizer` and their ranges (benchmarks.optimizers.search_space)."""
+    try:
+        return optimizer_search_space(optimizer)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -369,7 +365,8 @@ class Search:
                       "runs": [s["run_dir"] for s in seeds]}
         for key in (f"final_{primary}", f"final_{primary.replace('train', 'test')}", f"best_{primary}"):
             values = [s.get(key) for s in seeds if s["status"] in ("finished", "stopped") and s.get(key) is not None]
-            validation[key] = _mean_std(values)
+            mean, std, n = mean_std(values)
+            validation[key] = {"mean": mean if n else None, "std": std if n > 1 else None, "n": n}
         cfg = self.seed_configs()[0]
         source = {
             "kind": "search",
@@ -414,16 +411,8 @@ class Search:
 
 
 def _trained_epochs(cfg: DictConfig) -> int:
-    n = cfg.epochs - (1 if cfg.schedule.skip_final_epoch else 0)
-    return min(n, cfg.stop_epoch) if cfg.stop_epoch is not None else n
-
-
-def _mean_std(values: list[float]) -> dict[str, float | int | None]:
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return {"mean": mean, "std": std, "n": len(values)}
+    """The epochs a run of `cfg` trains (the runner's own rule, short runs included)."""
+    return Schedule.from_config(cfg.schedule, int(cfg.epochs)).trained_epochs(cfg.stop_epoch)
 
 
 def _relative(path: Path) -> str:

@@ -306,7 +306,7 @@ def test_default_root(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="mnist, faces, curves, curves_synth, faces_synth"):
+    with pytest.raises(ValueError, match="mnist, faces, faces_synth, curves, curves_synth"):
         load_dataset("cifar")
 
 

@@ -205,7 +205,7 @@ def test_state_dict_continuation_equals_uninterrupted_training():
     model_b.load_state_dict(saved_model)
     opt_b = DTP(model_b, **kwargs)  # fresh inverses and inner optimizers, all overwritten below
     opt_b.load_state_dict(saved_opt)
-    assert all(len(st["state"]) == 2 for st in saved_opt["dtp"]["inverse_optimizers"])
+    assert all(len(st["state"]) == 2 for st in saved_opt["extra"]["inverse_optimizers"])
     torch.set_rng_state(rng)
     losses_b = [opt_b.step(x, x) for x in xs[3:]]
     assert opt_a.steps == opt_b.steps == 6

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.optimizers import optimizer_names
 from scripts import figures
 from benchmarks.results import load_runs
 from tests.fixtures import make_results
@@ -186,9 +187,11 @@ def test_a_sweep_draws_one_line_per_configuration(tmp_path):
 
 
 def test_styles_are_fixed_distinct_and_locoprop_stands_out():
-    pairs = [(s["color"], s["linestyle"]) for s in figures.OPTIMIZER_STYLES.values()]
-    assert len(set(pairs)) == len(pairs)
-    widths = {name: figures.style_for(name)["linewidth"] for name in figures.OPTIMIZER_STYLES}
+    names = optimizer_names()
+    looks = [(figures.style_for(n)["color"], figures.style_for(n)["linestyle"], figures.style_for(n)["marker"])
+             for n in names]
+    assert len(set(looks)) == len(looks)
+    widths = {name: figures.style_for(name)["linewidth"] for name in names}
     assert min(widths["locoprop_s"], widths["locoprop_m"]) > max(w for n, w in widths.items() if "locoprop" not in n)
     assert figures.style_for("unknown_opt")["label"] == "unknown_opt"
     assert figures.ordered(["sgd", "zzz", "locoprop_m", "adam"]) == ["locoprop_m", "adam", "sgd", "zzz"]
