@@ -14,7 +14,8 @@ stand-in with all nine optimizers of the paper (16 full-length trials each), the
 (LocoProp-M with the authors' published defaults; the seven baselines and LocoProp-S with 8
 full-length trials each) and the FACES-like stand-in (all nine with 8 trials each: no published
 FACES defaults exist for LocoProp-M); every winner runs 3 seeds. `cpu-relatives` adds DTP and FOOF
-with the same protocol and budget on each data set, and the LocoProp ablations.
+with the same protocol and budget on each data set, and the LocoProp ablations; `cpu-modern` the
+optimizers of the 'modern' family (Muon, SOAP, Schedule-Free AdamW), apart from the paper's.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import yaml
 from omegaconf import DictConfig
 
 from benchmarks.config import compose_config
-from benchmarks.optimizers import optimizer_info, paper_optimizers
+from benchmarks.optimizers import optimizer_info, optimizer_names, paper_optimizers
 from benchmarks.results import read_summary
 from benchmarks.rundir import RunInUse, run_dir_for
 from benchmarks.train import train
@@ -106,7 +107,20 @@ def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results
             *searches("faces_synth", 8, "faces")]
 
 
-PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives}
+def cpu_modern(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
+    """Optimizers a practitioner would compare against today, apart from the paper's (the 'modern'
+    family: Muon, SOAP, Schedule-Free AdamW), with the reference protocol and budget of each data
+    set (CURVES-like: 16 trials; FACES-like and MNIST: 8; 3 seeds of each winner)."""
+    note = "CPU reference campaign (scripts/campaign.py cpu-modern)"
+    modern = [n for n in optimizer_names() if optimizer_info(n)["family"] == "modern"]
+    return [Search(dataset, o, f"{root}/{dataset}", Protocol(trials=trials, seeds=3), tuned_dir=tuned_dir,
+                   export_as=export_as, note=note)
+            for dataset, trials, export_as in (("curves_synth", 16, "curves"), ("faces_synth", 8, "faces"),
+                                               ("mnist", 8, None))
+            for o in modern]
+
+
+PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives, "cpu-modern": cpu_modern}
 
 
 def plan_items(plan: str, only: str | None = None) -> list:

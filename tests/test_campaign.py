@@ -20,17 +20,19 @@ def _searches(plan) -> list[Search]:
 def test_every_optimizer_on_a_dataset_gets_the_same_budget_and_pruning(tmp_path):
     searches = _searches(campaign.cpu_reference(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
     searches += _searches(campaign.cpu_relatives(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
+    searches += _searches(campaign.cpu_modern(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
     curves = [s for s in searches if s.dataset == "curves_synth"]
-    assert {s.optimizer for s in curves} == {*paper_optimizers(), "foof", "dtp"}
+    modern = {"muon", "soap", "schedulefree_adamw"}
+    assert {s.optimizer for s in curves} == {*paper_optimizers(), "foof", "dtp", *modern}
     for dataset, trials, seeds in (("curves_synth", 16, 3), ("mnist", 8, 3), ("faces_synth", 8, 3)):
         protocols = [s.protocol for s in searches if s.dataset == dataset]
         assert all(p == protocols[0] for p in protocols), f"unequal protocols on {dataset}: {protocols}"
         protocol = protocols[0]
         assert (protocol.trials, protocol.seeds) == (trials, seeds)
     mnist = {s.optimizer for s in searches if s.dataset == "mnist"}
-    assert mnist == ({*paper_optimizers(), "foof", "dtp"} - {"locoprop_m"})  # LocoProp-M: published defaults
+    assert mnist == ({*paper_optimizers(), "foof", "dtp", *modern} - {"locoprop_m"})  # LocoProp-M: published defaults
     faces = [s for s in searches if s.dataset == "faces_synth"]
-    assert {s.optimizer for s in faces} == {*paper_optimizers(), "foof", "dtp"}  # no published FACES defaults
+    assert {s.optimizer for s in faces} == {*paper_optimizers(), "foof", "dtp", *modern}  # no published FACES defaults
     assert all(s.tuned_path.parent.name == "curves" for s in curves)  # exported as the stand-in's real data set
     assert all(s.tuned_path.parent.name == "faces" for s in faces)
 
