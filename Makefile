@@ -16,7 +16,7 @@ TUNE_TRIALS ?= 16
 TUNE_WORKERS ?= 1
 TUNE_ARGS ?=
 
-.PHONY: install test demo train bench figures summary ablations gpu-campaign reproduce tune campaign-cpu data
+.PHONY: install test demo train bench figures summary report ablations gpu-campaign reproduce tune campaign-cpu data
 
 install:  ## install the package, its test tools and the sweep launchers (CI pins torch via constraints-ci.txt)
 	$(PYTHON) -m pip install -c constraints-ci.txt -e ".[dev,sweep]"
@@ -39,6 +39,9 @@ figures:  ## figures of one group of runs -> results/figures/<group>/
 summary:  ## summary.md / summary.csv of one group of runs -> results/summaries/<group>/
 	$(PYTHON) -m scripts.summary --results $(RESULTS) --group $(GROUP)
 
+report:  ## every table, figure and number of the reference comparison, from the committed runs (README, docs/results.md)
+	$(PYTHON) -m scripts.report
+
 ablations:  ## LocoProp ablations (configs/ablation/, CURVES-like by default) and their figures
 	$(PYTHON) -m scripts.ablations --results $(RESULTS) -- $(ABLATION_ARGS)
 
@@ -57,6 +60,7 @@ tune:  ## full-length searches (equal budget, successive halving, SQLite studies
 campaign-cpu:  ## the shipped CPU reference comparison (many CPU hours; resumable): results/reference/cpu/
 	nice -n 19 $(PYTHON) -m scripts.campaign cpu-reference --workers 2 --threads 1
 	nice -n 19 $(PYTHON) -m scripts.campaign cpu-relatives --workers 2 --threads 1
+	nice -n 19 $(PYTHON) -m scripts.campaign cpu-modern --workers 2 --threads 1
 
 data:  ## download FACES, CURVES (and MNIST) into ./data (needs internet)
 	$(PYTHON) -m scripts.download_data --root data

@@ -43,7 +43,7 @@ FAMILY_LABELS = {"first_order": "first-order", "second_order": "second-order", "
 FAMILY_STYLES = {"first_order": dict(linestyle="--", marker="v"), "second_order": dict(linestyle="-.", marker="s"),
                  "local_loss": dict(linestyle="-", marker="o", linewidth=2.0, zorder=4),
                  "target_propagation": dict(linestyle="-", marker="D"), "modern": dict(linestyle=":", marker="^"),
-                 "other": dict(linestyle=(0, (3, 1, 1, 1)), marker="x")}
+                 "other": dict(linestyle=(0, (3, 1, 1, 1)), marker="P")}  # "x" marks a diverged run
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 DEFAULT_SEARCH_DECADES = 1.5  # the default search space: lr over [lr / 10^1.5, lr * 10^1.5]

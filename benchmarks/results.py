@@ -12,27 +12,24 @@ seeds of one setting.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
-import platform
 import re
-import socket
-import subprocess
 import sys
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.optimizers import default_style, label as optimizer_label, optimizer_info
-from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, REPO_ROOT,
+from benchmarks.optimizers import default_style, label as optimizer_label, optimizer_info, optimizer_names, search_space
+from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS,
                                atomic_write_json, atomic_write_text, config_hash, read_summary)
 from benchmarks.workloads import WORKLOADS, Workload
+
+WORKLOAD_ORDER = tuple(WORKLOADS)  # the paper's order, each stand-in beside its data set
 
 HEALTHY = ("finished", "stopped")  # statuses whose numbers enter means and profiles
 LOSS_COLUMNS = ("train_loss", "train_ce", "test_ce", "train_se", "test_se")
@@ -41,9 +38,9 @@ RUN_KEYS = ("group", "dataset", "optimizer", "config_id", "seed", "run_id")
 # keys of older run configs that never changed the trained numbers
 LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
 
-__all__ = ["HEALTHY", "bench_tables", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
+__all__ = ["HEALTHY", "WORKLOAD_ORDER", "bench_device", "bench_tables", "best_trial", "read_studies", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
            "read_summary", "workload_of", "mean_std", "load_reconstructions", "optimizer_label",
-           "optimizer_info", "default_style"]
+           "optimizer_info", "optimizer_names", "search_space", "default_style"]
 
 
 def workload_of(dataset: str) -> Workload:
@@ -65,6 +62,15 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
 def bench_tables(results_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """(file name, table) of every speed-bench table under <results>/bench/ (see benchmarks.speed)."""
     return [(path.name, json.loads(path.read_text())) for path in sorted(Path(results_dir, "bench").glob("*.json"))]
+
+
+def bench_device(source: str | Path | None) -> str | None:
+    """The device a bench table (.json) was measured on ('Intel(R) Xeon(R) Processor (...) x1'), or
+    None for a folder of tables."""
+    path = Path(source) if source is not None else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("device")
 
 
 def bench_ms_per_step(source: str | Path) -> dict[tuple[str, str, int], float]:
@@ -281,25 +287,6 @@ def run_record(runs: pd.DataFrame) -> dict[str, Any]:
             for _, row in runs.iterrows()}
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _version(package: str) -> str | None:
-    """Installed version without importing the package (importing torch takes seconds)."""
-    loaded = getattr(sys.modules.get(package), "__version__", None)
-    if loaded:
-        return str(loaded)
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def run_devices(runs: pd.DataFrame) -> list[str]:
     """The distinct devices of the runs, a CPU with its model where the run recorded it
     ('cpu (1 threads) on Intel(R) Xeon(R) Processor'): two CPUs' seconds are not comparable."""
@@ -312,22 +299,57 @@ def run_devices(runs: pd.DataFrame) -> list[str]:
 
 
 def provenance(runs: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Who drew the report, from what code and which machines, so a figure can be re-made."""
-    # dirty means the code differs from the commit: results/ changes while a report is written
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
-    info: dict[str, Any] = {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-        "hostname": socket.gethostname(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {name: _version(name) for name in ("torch", "numpy", "pandas", "matplotlib", "torchvision")},
-        "argv": [Path(a).name if Path(a).is_absolute() else a for a in sys.argv],
-    }
+    """Where the numbers come from, read off the runs themselves: their commits, machines and torch
+    versions. Nothing about the drawing (time, host, current commit), so a report regenerated from
+    the same runs is identical."""
+    info: dict[str, Any] = {"n_runs": 0 if runs is None else int(len(runs))}
     if runs is not None and len(runs):
         info["devices"] = run_devices(runs)
         info["run_git_commits"] = sorted({str(c) for c in runs.get("git_commit", pd.Series(dtype=object)).dropna()})
         info["run_torch_versions"] = sorted({str(v) for v in runs.get("torch", pd.Series(dtype=object)).dropna()})
-        info["n_runs"] = int(len(runs))
     return info
+
+
+# ----------------------------------------------------------------------------- studies
+
+def best_trial(trials: list[Any]) -> Any | None:
+    """A search's winner among Optuna (frozen) trials: the complete trial with the lowest objective;
+    when none completed, the pruned, not diverged trial that got furthest, lowest last loss first
+    (its seeds then all run at full length)."""
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if complete:
+        return min(complete, key=lambda t: t.value)
+    survivors = [t for t in trials if t.state.name == "PRUNED" and t.user_attrs.get("status") == "pruned"
+                 and t.intermediate_values]
+    if not survivors:
+        return None
+    return min(survivors, key=lambda t: (-max(t.intermediate_values), t.intermediate_values[max(t.intermediate_values)]))
+
+
+def read_studies(root: str | Path) -> Iterator[dict[str, Any]]:
+    """Every study under `<root>/<dataset>/tuning/<dataset>/<optimizer>.db` as plain records: its
+    protocol, its trials (state, setting, how it ended, whether its worker was lost, whether its
+    setting was enqueued rather than drawn, the sampler that drew it) and its winner."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for db in sorted(Path(root).glob("*/tuning/*/*.db")):
+        dataset, optimizer = db.parent.name, db.stem
+        try:
+            study = optuna.load_study(study_name=f"{dataset}-{optimizer}", storage=f"sqlite:///{db}")
+        except KeyError:  # created, no study in it yet
+            continue
+        trials = study.get_trials(deepcopy=False)
+        records = [{"number": t.number, "state": t.state.name, "params": dict(t.params), "value": t.value,
+                    "status": t.user_attrs.get("status"), "reason": t.user_attrs.get("reason"),
+                    "lost": t.state.name == "FAIL" and "error" not in t.user_attrs,
+                    "enqueued": "retry_of" in t.user_attrs or "failed_trial" in t.system_attrs
+                    or "fixed_params" in t.system_attrs,
+                    "sampler": t.user_attrs.get("sampler"),
+                    "last_epoch": max(t.intermediate_values) if t.intermediate_values else None}
+                   for t in trials]
+        best = best_trial(trials)
+        yield {"dataset": dataset, "optimizer": optimizer, "protocol": study.user_attrs.get("protocol"),
+               "trials": records,
+               "winner": None if best is None else {"number": best.number, "params": dict(best.params),
+                                                    "complete": best.state.name == "COMPLETE"}}

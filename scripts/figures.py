@@ -10,8 +10,9 @@ the min..max range shaded; a sweep's configurations get one line each, labelled 
 Runs that diverged (or failed) are drawn on their own up to their last finite value, end in an
 'x' and are counted in the legend. `--time bench` puts steps x the ms/step of this machine's quiet
 `make bench` table on the time axis instead of the measured seconds (which a loaded machine
-inflates); the axis label says which. Every figure is saved as PNG and PDF with the commit in its
-metadata, and `provenance.json` lists the runs and configs behind each figure.
+inflates); the axis label says which. Every figure is saved as PNG and PDF without time stamps
+(the same runs give the same files), and `provenance.json` lists the runs and configs behind each
+figure.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.results import (HEALTHY, bench_ms_per_step, default_style, load_reconstructions,  # noqa: E402
-                                load_runs_or_explain, optimizer_info, optimizer_label, provenance, run_record,
+from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step,  # noqa: E402
+                                default_style, load_reconstructions, load_runs_or_explain, optimizer_info, optimizer_label, provenance, run_record,
                                 setting_name, setting_text, varying_settings, workload_of, write_json)
 
 COLUMN_WIDTH, FULL_WIDTH = 3.3, 6.8  # inches: one paper column, the full page width
@@ -163,7 +164,7 @@ def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = 
             ys = _wide(m, y).replace([np.inf, -np.inf], np.nan).dropna(how="all")
             if len(ys):
                 xs = ys.index.to_numpy(float) if x == "epoch" else _wide(m, x).loc[ys.index].mean(axis=1).to_numpy()
-                ax.plot(xs, ys.mean(axis=1), label=label, **line_kw)
+                ax.plot(xs, ys.mean(axis=1), label=label, **line_kw, **_markers(style, len(xs)))
                 if ys.shape[1] > 1:
                     ax.fill_between(xs, ys.min(axis=1), ys.max(axis=1), color=style["color"], alpha=0.18,
                                     linewidth=0, zorder=line_kw["zorder"] - 1)
@@ -191,6 +192,17 @@ def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = 
     ax.set_ylabel(METRIC_LABELS.get(y, y))
     ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
     return drawn
+
+
+MARKERS_PER_LINE = 6
+
+
+def _markers(style: dict[str, Any], n_points: int) -> dict[str, Any]:
+    """The optimizer's marker on a few points of its line (the same look in every panel)."""
+    if not style.get("marker"):
+        return {}
+    every = max(1, n_points // MARKERS_PER_LINE)
+    return {"marker": style["marker"], "markersize": 3.5, "markevery": (every // 2, every), "markeredgewidth": 0.6}
 
 
 def _failure_note(own: pd.DataFrame) -> str:
@@ -237,9 +249,16 @@ def late_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str,
     return fig, drawn
 
 
+def dataset_order(datasets: Iterable[str]) -> list[str]:
+    """The paper's order (MNIST, FACES, CURVES; each stand-in beside its data set), others after."""
+    known = [name for name in WORKLOAD_ORDER if name in set(datasets)]
+    return known + sorted(set(datasets) - set(known))
+
+
 def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = "wallclock_s"):
-    """Full-width grid: one row per dataset; train vs epoch, train vs time, test vs epoch."""
-    datasets = sorted(runs["dataset"].unique())
+    """Full-width grid: one row per dataset; train vs epoch, train vs time, test vs epoch (the
+    paper's comparison figure when the runs span its three workloads)."""
+    datasets = dataset_order(runs["dataset"].unique())
     fig, axes = plt.subplots(len(datasets), 3, figsize=(FULL_WIDTH, 1.9 * len(datasets) + 0.4), squeeze=False)
     drawn: list[str] = []
     for row, dataset in enumerate(datasets):
@@ -250,8 +269,14 @@ def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = 
             drawn += plot_curves(axes[row, col], r, m, y, x)
             axes[row, col].set_ylabel(SHORT_METRIC_LABELS.get(y, y))
         axes[row, 0].set_title(workload_of(dataset).label, loc="left")
-    handles = [Line2D([], [], label=label, **{k: v for k, v in style.items() if k not in ("zorder", "label")})
-               for label, _, style in _configs(runs)]
+    # one entry per configuration within a data set; across data sets an optimizer's tuned settings
+    # differ, and it keeps one look, so one entry per optimizer
+    per_dataset = max(runs.groupby(["dataset", "optimizer"])["config_id"].nunique(), default=1)
+    entries = _configs(runs) if per_dataset > 1 else [(style_for(o)["label"], None, style_for(o))
+                                                      for o in ordered(runs["optimizer"])]
+    handles = [Line2D([], [], label=label, markersize=3.5,
+                      **{k: v for k, v in style.items() if k not in ("zorder", "label")})
+               for label, _, style in entries]
     if (~runs["status"].isin(HEALTHY)).any():
         handles.append(_diverged_key())
     fig.tight_layout()
@@ -263,18 +288,31 @@ def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = 
 # ---------------------------------------------------------------- step time
 
 
-def step_time_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """dataset x optimizer: median over runs of each run's median ms/step (all runs that timed steps)."""
+def step_time_table(runs: pd.DataFrame, bench: dict | None = None) -> pd.DataFrame:
+    """dataset x optimizer ms/step: the quiet bench's for each run's architecture, optimizer and batch
+    (`bench`, see benchmarks.results.bench_ms_per_step), else the median over runs of each run's
+    measured median (comparable only when the runs shared one machine and a quiet one)."""
+    if bench is not None:
+        rows = [{"dataset": r["dataset"], "optimizer": r["optimizer"],
+                 "ms": bench.get((workload_of(r["dataset"]).architecture, r["optimizer"],
+                                  int(r.get("cfg.batch_size", 1000) or 1000)), np.nan)} for _, r in runs.iterrows()]
+        timed = pd.DataFrame(rows, columns=["dataset", "optimizer", "ms"]).dropna()
+        if not len(timed):
+            return pd.DataFrame()
+        table = timed.pivot_table(index="dataset", columns="optimizer", values="ms", aggfunc="first")
+        return table.loc[dataset_order(table.index), ordered(table.columns)]
     timed = runs[np.isfinite(runs["step_ms_median"].to_numpy(float))] if "step_ms_median" in runs else runs[:0]
     if not len(timed):
         return pd.DataFrame()
     table = timed.pivot_table(index="dataset", columns="optimizer", values="step_ms_median", aggfunc="median")
-    return table[ordered(table.columns)]
+    return table.loc[dataset_order(table.index), ordered(table.columns)]
 
 
-def step_time_figure(runs: pd.DataFrame):
-    """Bars of ms/step on a linear axis from zero, so the bar lengths are the ratios."""
-    table = step_time_table(runs)
+def step_time_figure(runs: pd.DataFrame, bench: dict | None = None, bench_device: str | None = None):
+    """Bars of ms/step on a linear axis from zero, so the bar lengths are the ratios. With a bench
+    table, its quiet timings of one machine (named on the axis); else the runs' measured medians,
+    labelled as such (they mix machines and loads when the runs do)."""
+    table = step_time_table(runs, bench)
     if table.empty:
         return None, []
     datasets, optimizers = list(table.index), list(table.columns)
@@ -288,10 +326,14 @@ def step_time_figure(runs: pd.DataFrame):
                hatch=None if style["linestyle"] in ("-", "--") else "///", label=style["label"])
     ax.set_xticks(np.arange(len(datasets)), [workload_of(d).label for d in datasets])
     ax.set_ylim(bottom=0)
-    ax.set_ylabel("median time per step (ms)")
+    if bench is not None:
+        ax.set_ylabel("ms per step, quiet bench" + (f"\n({bench_device})" if bench_device else ""))
+        used = runs["run_dir"]
+    else:
+        ax.set_ylabel("median ms per step, measured\n(runs' machines and loads)")
+        used = runs[np.isfinite(runs["step_ms_median"].to_numpy(float))]["run_dir"]
     ax.grid(True, axis="y", linewidth=0.3, alpha=0.5)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, frameon=False)
-    used = runs[np.isfinite(runs["step_ms_median"].to_numpy(float))]["run_dir"]
     return fig, sorted(used)
 
 
@@ -511,16 +553,18 @@ def ablation_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame):
 # ---------------------------------------------------------------- output
 
 
-def save_figure(fig, out_dir: Path, name: str, commit: str | None) -> list[Path]:
-    """PNG + PDF, written atomically (temporary file + rename), commit in the file metadata."""
+# No time stamp, version or commit in the files: a figure redrawn from the same runs is the same file.
+FILE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": "scripts.figures", "Producer": None, "CreationDate": None}}
+
+
+def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
+    """PNG + PDF, written atomically (temporary file + rename); provenance.json says what is drawn."""
     paths = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{name}.{ext}"
         tmp = out_dir / f".{name}.{ext}.tmp"
-        meta = ({"Subject": f"LocoProp reproduction, git commit {commit}", "Keywords": f"commit={commit}",
-                 "Creator": "scripts.figures"} if ext == "pdf" else {"Comment": f"git commit {commit}"})
         try:
-            fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=meta)
+            fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=FILE_METADATA[ext])
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -534,12 +578,11 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
                  time: str = "measured", bench_dir: Path | None = None) -> dict[str, Any]:
     """Draw every figure into `out_dir`; returns {figure name: {files, runs}} for provenance.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    commit = provenance().get("git_commit")
     record: dict[str, Any] = {}
-    time_axis = "wallclock_s"
+    time_axis, bench = "wallclock_s", None
     if time == "bench":
-        metrics = with_bench_time(runs, metrics, bench_ms_per_step(bench_dir or results_dir or "results")).assign(
-            bench_s=lambda m: m["wallclock_s"])
+        bench = bench_ms_per_step(bench_dir or results_dir or "results")
+        metrics = with_bench_time(runs, metrics, bench).assign(bench_s=lambda m: m["wallclock_s"])
         time_axis = "bench_s"
 
     def relative(paths: list[str]) -> list[str]:
@@ -548,11 +591,11 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
     def emit(name: str, fig, drawn: list[str]) -> None:
         if fig is None:
             return
-        files = save_figure(fig, out_dir, name, commit)
+        files = save_figure(fig, out_dir, name)
         record[name] = {"files": [p.name for p in files], "runs": relative(drawn)}
 
     with plt.rc_context(STYLE):
-        for dataset in sorted(runs["dataset"].unique()):
+        for dataset in dataset_order(runs["dataset"].unique()):
             r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
             primary = workload_of(dataset).primary_metric
             emit(f"{dataset}_train_vs_epoch", *curve_figure(dataset, r, m, primary, "epoch"))
@@ -562,22 +605,41 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
             emit(f"{dataset}_test_vs_epoch", *curve_figure(dataset, r, m, workload_of(dataset).test_metric, "epoch"))
             emit(f"{dataset}_reconstructions", *reconstruction_figure(dataset, r))
         emit("overview", *overview_figure(runs, metrics, time_axis))
-        emit("step_time", *step_time_figure(runs))
+        emit("step_time", *step_time_figure(runs, bench, bench_device(bench_dir) if bench is not None else None))
         emit("performance_profile", *profile_figure(runs))
+    return record
+
+
+def make_comparison_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path,
+                            bench_path: Path) -> dict[str, Any]:
+    """Across workloads: the paper's comparison figure (a row per workload: train loss against
+    epochs and against bench time, test loss against epochs), the performance profile and the
+    bench's step times. Time is steps x the quiet bench's ms/step of one machine."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = bench_ms_per_step(bench_path)
+    metrics = with_bench_time(runs, metrics, bench).assign(bench_s=lambda m: m["wallclock_s"])
+    record: dict[str, Any] = {}
+    with plt.rc_context(STYLE):
+        for name, (fig, drawn) in (("paper_comparison", overview_figure(runs, metrics, "bench_s")),
+                                   ("performance_profile", profile_figure(runs)),
+                                   ("step_time", step_time_figure(runs, bench, bench_device(bench_path)))):
+            if fig is not None:
+                paths = dict(zip(runs["run_dir"], runs["dataset"] + "/" + runs["run_path"]))
+                record[name] = {"files": [p.name for p in save_figure(fig, out_dir, name)],
+                                "runs": sorted(paths.get(r, str(r)) for r in drawn)}
     return record
 
 
 def make_ablation_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path,
                           results_dir: Path | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    commit = provenance().get("git_commit")
     record: dict[str, Any] = {}
     with plt.rc_context(STYLE):
         for dataset in sorted(runs["dataset"].unique()):
             r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
             fig, drawn = ablation_figure(dataset, r, m)
             if fig is not None:
-                files = save_figure(fig, out_dir, f"{dataset}_ablation", commit)
+                files = save_figure(fig, out_dir, f"{dataset}_ablation")
                 record[f"{dataset}_ablation"] = {
                     "files": [p.name for p in files],
                     "runs": sorted({Path(p).relative_to(results_dir).as_posix() if results_dir else p for p in drawn})}

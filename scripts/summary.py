@@ -179,13 +179,10 @@ def dataset_table(table: pd.DataFrame) -> str:
 
 def markdown(table: pd.DataFrame, info: dict[str, Any], runs: pd.DataFrame, group: str,
              given_targets: dict[str, float]) -> str:
-    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     out = [f"# LocoProp reproduction: results of group `{group}`", "",
-           f"- commit: `{info['git_commit']}`" + (" (uncommitted changes)" if info.get("git_dirty") else ""),
-           f"- generated: {info['created_utc']} on `{info['hostname']}`",
            f"- devices (from the runs): {', '.join(info.get('devices', [])) or 'unknown'}",
            f"- runs' commits: {', '.join(c[:12] for c in info.get('run_git_commits', [])) or 'unknown'}",
-           f"- python {info['python']}; {versions}",
+           f"- torch (from the runs): {', '.join(info.get('run_torch_versions', [])) or 'unknown'}",
            f"- runs used: {len(runs)} (listed at the end and in summary_provenance.json)",
            "- losses: mean ± sample std over finished/stopped seeds (diverged/failed seeds only counted); "
            "CE = cross-entropy summed over pixels, SE = squared error summed over pixels, both averaged over "
@@ -201,6 +198,22 @@ def markdown(table: pd.DataFrame, info: dict[str, Any], runs: pd.DataFrame, grou
     out += [f"- `{r['run_path']}` ({r['status']}, {r['config_label']})" for _, r in runs.iterrows()]
     out += ["", "</details>", ""]
     return "\n".join(out)
+
+
+def write_outputs(table: pd.DataFrame, runs: pd.DataFrame, group: str, out_dir: Path,
+                  given_targets: dict[str, float]) -> list[Path]:
+    """summary.csv, summary.md and summary_provenance.json of a summarized group, each atomically."""
+    info = provenance(runs)
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    outputs = {out_dir / "summary.csv": buffer.getvalue(),
+               out_dir / "summary.md": markdown(table, info, runs, group, given_targets)}
+    for path, text in outputs.items():
+        write_text(path, text)
+    write_json(out_dir / "summary_provenance.json", {"provenance": info, "group": group,
+                                                     "targets": dict(zip(table["dataset"], table["target"])),
+                                                     "runs": run_record(runs)})
+    return [*outputs, out_dir / "summary_provenance.json"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,18 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     runs, metrics = loaded
     out_dir = Path(args.out) if args.out else Path(args.results) / "summaries" / args.group
     table = summarize(runs, metrics, args.targets, bench_ms_per_step(args.bench) if args.bench else None)
-    info = provenance(runs)
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    outputs = {out_dir / "summary.csv": buffer.getvalue(),
-               out_dir / "summary.md": markdown(table, info, runs, args.group, args.targets)}
-    for path, text in outputs.items():
-        write_text(path, text)
+    for path in write_outputs(table, runs, args.group, out_dir, args.targets):
         print(path)
-    write_json(out_dir / "summary_provenance.json", {"provenance": info, "group": args.group,
-                                                     "targets": dict(zip(table["dataset"], table["target"])),
-                                                     "runs": run_record(runs)})
-    print(out_dir / "summary_provenance.json")
     return 0
 
 

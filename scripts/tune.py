@@ -48,7 +48,7 @@ from optuna.trial import TrialState
 
 from benchmarks.config import compose_config
 from benchmarks.optimizers import paper_optimizers, search_space as optimizer_search_space
-from benchmarks.results import mean_std, read_summary
+from benchmarks.results import best_trial, mean_std, read_summary
 from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, git_commit, pid_alive,
                                run_dir_for)
 from benchmarks.schedule import Schedule
@@ -268,17 +268,9 @@ class Search:
         return not busy and (len(finished) >= self.protocol.trials or len(failures) >= self.protocol.trials)
 
     def best(self) -> optuna.trial.FrozenTrial | None:
-        """The winner: the complete trial with the lowest objective. When no trial completed (every
-        one pruned or diverged), the pruned, not diverged trial that got furthest, lowest last loss
-        first; its seeds then all run at full length (none of them is the cut-short trial)."""
-        complete = self.trials(TrialState.COMPLETE)
-        if complete:
-            return min(complete, key=lambda t: t.value)
-        survivors = [t for t in self.trials(TrialState.PRUNED)
-                     if t.user_attrs.get("status") == "pruned" and t.intermediate_values]
-        if not survivors:
-            return None
-        return min(survivors, key=lambda t: (-max(t.intermediate_values), t.intermediate_values[max(t.intermediate_values)]))
+        """The winner (benchmarks.results.best_trial): the best complete trial, or the pruned trial
+        that got furthest when none completed."""
+        return best_trial(self.trials())
 
     def seed_configs(self) -> list[DictConfig]:
         best = self.best()

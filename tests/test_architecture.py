@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = {"locoprop": 0, "baselines": 1, "benchmarks": 2, "scripts": 3}
 TORCH_ONLY = ("locoprop", "baselines")
-REPORTS = ("scripts.figures", "scripts.summary")
+REPORTS = ("scripts.figures", "scripts.summary", "scripts.report")
 
 
 def modules() -> dict[str, Path]:

@@ -425,7 +425,7 @@ def test_constructor_validation_and_config():
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/optimizer/kfac.yaml").read_text())
     assert cfg.pop("name") == "kfac" and "loss" not in cfg
     assert cfg.pop("_target_") == "baselines.kfac.KFAC"
-    for key in ("label", "family", "paper"):  # read by the harness, not passed to the class
+    for key in ("label", "family", "paper", "style"):  # read by the harness, not passed to the class
         cfg.pop(key)
     assert cfg["damping"] == 150.0 and cfg["inverse_update_period"] == 10 and cfg["factor_decay"] == 0.95
     model = tiny()

@@ -402,7 +402,7 @@ def test_config_names_every_constructor_argument():
     cfg = omegaconf.OmegaConf.to_container(
         omegaconf.OmegaConf.load(Path(__file__).resolve().parents[1] / "configs/optimizer/shampoo.yaml"))
     assert cfg.pop("name") == "shampoo" and cfg.pop("_target_") == "baselines.shampoo.Shampoo"
-    for key in ("label", "family", "paper"):  # read by the harness, not passed to the class
+    for key in ("label", "family", "paper", "style"):  # read by the harness, not passed to the class
         cfg.pop(key)
     signature = inspect.signature(Shampoo.__init__)
     assert set(cfg) == set(signature.parameters) - {"self", "params"}

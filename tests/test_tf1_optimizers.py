@@ -120,3 +120,25 @@ def test_state_dict_round_trip_continues_identically(cls, kwargs):
 def test_bad_values_are_rejected(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.999])
+def test_rmsprop_tf1_cpu_chunks_equal_the_multi_tensor_kernels(momentum):
+    """The CPU path updates cache-sized chunks; every element goes through the same arithmetic."""
+    from locoprop.rmsprop_tf1 import CPU_CHUNK
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(CPU_CHUNK * 2 + 17,), (300, 7), (5,)]  # one tensor spans three chunks
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(4)]
+    results = []
+    for foreach in (True, False):
+        params = [w.clone().requires_grad_() for w in start]
+        opt = RMSpropTF1(params, lr=1e-3, decay=0.9, momentum=momentum, eps=1e-5, foreach=foreach)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,0 +1,587 @@
+"""`make report`: every table, figure and number about the reference comparison, from the committed runs.
+
+    python -m scripts.report [--root results/reference/cpu] [--bench results/bench/<machine>.json]
+                             [--out DIR] [--no-figures]
+
+Reads the committed runs (`<root>/<dataset>/runs/final/...`), the Optuna studies
+(`<root>/<dataset>/tuning/...`) and one quiet bench table (one machine for every workload), and writes:
+
+- per data set: `<root>/<dataset>/summary.md`, `summary.csv`, `summary_provenance.json` and
+  `figures/` (time axis: steps x the bench's ms/step);
+- across data sets: `<root>/comparison.md`, `comparison.csv` and `<root>/figures/` (the paper's
+  comparison figure, the performance profile, the bench's step times);
+- the generated blocks of `docs/results.md` and of the README (between `<!-- report:NAME:begin -->`
+  and `<!-- report:NAME:end -->`), and `<root>/README.md`.
+
+Everything written is a function of those inputs only (no dates, hosts or current commit), so a
+second run changes nothing; `tests/test_report.py` regenerates the text into a temporary folder
+(`--out`) and compares it with the committed files. Verdicts that compare numbers (ranks, gaps,
+"within seed noise", "at the edge of its search space") are computed here, never typed.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, load_runs, mean_std,
+                                optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
+                                workload_of, write_json, write_text)
+from scripts import figures, summary
+
+ROOT = Path("results/reference/cpu")
+BENCH = Path("results/bench/intel_xeon_processor_family_6_model_167_x1.json")
+DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tuning.md")
+RELATIVES_DOC = Path("docs/locoprop_vs_target_propagation.md")
+BATCH, TRAINED_EPOCHS = 1000, 99  # the reference protocol's batch and trained epochs
+NOISE_P = 0.05  # a gap is told apart from seed noise when Welch's t-test gives p below this
+EDGE = 0.05  # a winner within this fraction of a range's ends (log scale where searched so) is at the edge
+DASH = "—"
+
+
+@dataclass
+class WorkloadResults:
+    name: str
+    folder: Path
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    table: pd.DataFrame  # benchmarks' summary rows, one per optimizer
+
+    @property
+    def label(self) -> str:
+        return workload_of(self.name).label
+
+
+# ----------------------------------------------------------------------------- numbers
+
+def fmt(value: float, digits: int = 2) -> str:
+    return DASH if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def fmt_mean_std(mean: float, std: float, digits: int = 2) -> str:
+    if mean is None or not math.isfinite(mean):
+        return DASH
+    return fmt(mean, digits) + (f" ± {std:.{digits}f}" if std is not None and math.isfinite(std) else "")
+
+
+def steps_per_run(dataset: str, n_train: int | None = None) -> int:
+    """Optimizer steps of one reference run: steps per epoch (the last partial batch dropped) x epochs."""
+    return (n_train or workload_of(dataset).n_train) // BATCH * TRAINED_EPOCHS
+
+
+def ranked(table: pd.DataFrame, primary: str) -> pd.DataFrame:
+    """Rows by mean final train loss, rows without one (every seed diverged) last; with a rank."""
+    column = f"final_{primary}_mean"
+    out = table.assign(_key=table[column].fillna(np.inf)).sort_values(["_key", "optimizer"]).drop(columns="_key")
+    out["rank"] = [i + 1 if math.isfinite(v) else None for i, v in enumerate(out[column].fillna(np.inf))]
+    return out
+
+
+def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
+    """Two-sided p-value of Welch's t-test (NaN when either side has fewer than two values)."""
+    from scipy import stats
+
+    a, b = np.asarray(list(a), float), np.asarray(list(b), float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if np.var(a, ddof=1) == 0 and np.var(b, ddof=1) == 0:
+        return 0.0 if a.mean() != b.mean() else 1.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def finals(results: WorkloadResults, optimizer: str) -> list[float]:
+    primary = workload_of(results.name).primary_metric
+    own = results.runs[(results.runs["optimizer"] == optimizer) & results.runs["status"].isin(HEALTHY)]
+    return [float(v) for v in own[f"final_{primary}"]]
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_workloads(root: Path, bench: dict) -> list[WorkloadResults]:
+    out = []
+    for name in [n for n in WORKLOAD_ORDER if (root / n / "runs" / "final").is_dir()]:
+        runs, metrics = load_runs(root / name, "final")
+        if runs.empty:
+            continue
+        table = summary.summarize(runs, metrics, bench=bench)
+        out.append(WorkloadResults(name, root / name, runs, metrics, table))
+    return out
+
+
+# ----------------------------------------------------------------------------- per-workload tables
+
+def setting_text(params: dict[str, Any]) -> str:
+    parts = []
+    for key, value in params.items():
+        short = key.split(".")[-1]
+        parts.append(f"{short} {value:.3g}" if isinstance(value, float) else f"{short} {value}")
+    return ", ".join(parts)
+
+
+def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict]) -> str:
+    w = workload_of(results.name)
+    primary, test = w.primary_metric, w.test_metric
+    unit = "CE" if primary.endswith("ce") else "SE"
+    table = ranked(results.table, primary)
+    sgd = table.loc[table["optimizer"] == "sgd", "bench_ms_per_step"]
+    sgd_ms = float(sgd.iloc[0]) if len(sgd) else math.nan
+    head = ["rank", "optimizer", "family", "seeds (diverged)", f"final train {unit}", f"final test {unit}",
+            "bench ms/step", "x SGD step", "epochs to target", "bench s to target", "tuned setting"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        info = optimizer_info(r["optimizer"]) if _known(r["optimizer"]) else {"label": r["optimizer"], "family": "other"}
+        study = studies.get((results.name, r["optimizer"]))
+        setting = setting_text(study["winner"]["params"]) if study and study.get("winner") else "published defaults"
+        reach = ""
+        if r["n_reached_target"] and r["n_reached_target"] < r["n_healthy"]:
+            reach = f" ({int(r['n_reached_target'])}/{int(r['n_healthy'])})"
+        lines.append("| " + " | ".join([
+            str(int(r["rank"])) if r["rank"] == r["rank"] and r["rank"] is not None else DASH,
+            info["label"], info["family"].replace("_", "-"), f"{int(r['n_seeds'])} ({int(r['n_diverged'])})",
+            fmt_mean_std(r[f"final_{primary}_mean"], r[f"final_{primary}_std"]),
+            fmt_mean_std(r[f"final_{test}_mean"], r[f"final_{test}_std"]),
+            fmt(r.get("bench_ms_per_step", math.nan), 0), fmt(r.get("bench_ms_per_step", math.nan) / sgd_ms),
+            (fmt(r["epochs_to_target"], 1) + reach) if r["n_reached_target"] else DASH,
+            (fmt(r["bench_seconds_to_target"], 0) + reach) if r["n_reached_target"] else DASH,
+            setting]) + " |")
+    target = float(results.table["target"].iloc[0])
+    steps = steps_per_run(results.name, int(results.runs["steps_per_epoch"].iloc[0]) * BATCH)
+    paper = steps_per_run(w.architecture)
+    intro = (f"**{results.label}** (`{results.name}`): {steps:,} steps per run at batch {BATCH} over "
+             f"{TRAINED_EPOCHS} epochs (the paper's {workload_of(w.architecture).label}: {paper:,}). "
+             f"Target: {fmt(target)} (1.05 x the best mean final train {unit}). "
+             f"Loss: {_loss_words(primary)}; mean ± sample std over the seeds.")
+    return intro + "\n\n" + "\n".join(lines)
+
+
+def _known(name: str) -> bool:
+    try:
+        optimizer_info(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _loss_words(primary: str) -> str:
+    return ("cross-entropy summed over pixels, averaged over images (nats)" if primary.endswith("ce")
+            else "squared error summed over pixels, averaged over images")
+
+
+def gaps_table(results: WorkloadResults) -> str:
+    """Each optimizer against the next one down the ranking: the gap, its standard error, and
+    whether seed noise alone could explain it (Welch's t-test)."""
+    primary = workload_of(results.name).primary_metric
+    table = ranked(results.table, primary)
+    table = table[table["rank"].notna()]
+    head = ["better", "worse", "gap", "standard error", "Welch p", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = list(table.itertuples(index=False))
+    for a, b in zip(rows, rows[1:]):
+        ma, sa, na = mean_std(finals(results, a.optimizer))
+        mb, sb, nb = mean_std(finals(results, b.optimizer))
+        se = math.sqrt((sa ** 2 / na if na > 1 else math.nan) + (sb ** 2 / nb if nb > 1 else math.nan))
+        p = welch_p(finals(results, a.optimizer), finals(results, b.optimizer))
+        verdict = ("fewer than two seeds: noise unknown" if not math.isfinite(p) else
+                   "larger than seed noise" if p < NOISE_P else "within seed noise")
+        lines.append("| " + " | ".join([_label(a.optimizer), _label(b.optimizer), fmt(mb - ma), fmt(se),
+                                         fmt(p, 3), verdict]) + " |")
+    return "\n".join(lines)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
+
+
+def _label(name: str) -> str:
+    return optimizer_info(name)["label"] if _known(name) else name
+
+
+def compare(results: WorkloadResults, a: str, b: str) -> str:
+    """'lower than', 'higher than' or 'within seed noise of': a's final train loss against b's."""
+    p = welch_p(finals(results, a), finals(results, b))
+    ma, mb = mean_std(finals(results, a))[0], mean_std(finals(results, b))[0]
+    if not (math.isfinite(ma) and math.isfinite(mb)):
+        return "not comparable with (a side has no finished seed)"
+    if not math.isfinite(p):
+        return ("lower than" if ma < mb else "higher than") + " (one seed: noise unknown)"
+    if p >= NOISE_P:
+        return "within seed noise of"
+    return "lower than" if ma < mb else "higher than"
+
+
+def verdicts(results: WorkloadResults) -> str:
+    """Sentences that compare numbers, computed: the leader, each LocoProp variant against the best
+    first- and second-order methods, and the fastest to the target in bench time."""
+    primary = workload_of(results.name).primary_metric
+    table = ranked(results.table, primary)
+    table = table[table["rank"].notna()]
+    if table.empty:
+        return "Every optimizer diverged."
+    families = {o: (optimizer_info(o)["family"] if _known(o) else "other") for o in table["optimizer"]}
+    best_of = {f: next((o for o in table["optimizer"] if families[o] == f), None)
+               for f in ("first_order", "second_order", "modern")}
+    lines = [f"- Lowest final train loss: {_label(table['optimizer'].iloc[0])}"
+             + (f", {compare(results, table['optimizer'].iloc[0], table['optimizer'].iloc[1])} "
+                f"{_label(table['optimizer'].iloc[1])}" if len(table) > 1 else "") + "."]
+    for variant in ("locoprop_m", "locoprop_s"):
+        if variant not in families:
+            continue
+        for family, words in (("first_order", "the best first-order method"),
+                              ("second_order", "the best second-order method"),
+                              ("modern", "the best of the modern family")):
+            other = best_of[family]
+            if other is not None:
+                lines.append(f"- {_label(variant)}: final train loss {compare(results, variant, other)} {words}, "
+                             f"{_label(other)}.")
+    reached = table[table["n_reached_target"] > 0]
+    if "bench_seconds_to_target" in reached and len(reached):
+        fastest = reached.sort_values(["bench_seconds_to_target", "optimizer"]).iloc[0]
+        by_epoch = reached.sort_values(["epochs_to_target", "optimizer"]).iloc[0]
+        lines.append(f"- First to the target: in epochs {_label(by_epoch['optimizer'])}, in bench time "
+                     f"{_label(fastest['optimizer'])}; {len(reached)} of {len(table)} optimizers reach it.")
+    return "\n".join(lines)
+
+
+RELATIVES = ("locoprop_m", "locoprop_s", "foof", "dtp")
+
+
+def relatives_table(all_results: list[WorkloadResults]) -> str:
+    """LocoProp, its relatives (FOOF, DTP) and the best first- and second-order methods on each
+    workload, with computed comparisons of the relatives against LocoProp."""
+    head = ["workload", "optimizer", "final train loss", "final test loss", "bench ms/step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sentences = []
+    for results in all_results:
+        w = workload_of(results.name)
+        table = ranked(results.table, w.primary_metric)
+        families = {o: (optimizer_info(o)["family"] if _known(o) else "other") for o in table["optimizer"]}
+        finished = table[table["rank"].notna()]
+        best = [next((o for o in finished["optimizer"] if families[o] == f), None)
+                for f in ("first_order", "second_order")]
+        shown = [o for o in (*RELATIVES, *best) if o is not None and o in set(table["optimizer"])]
+        for name in dict.fromkeys(shown):
+            r = table[table["optimizer"] == name].iloc[0]
+            note = " (best first-order)" if name == best[0] else " (best second-order)" if name == best[1] else ""
+            diverged = f" ({int(r['n_diverged'])}/{int(r['n_seeds'])} diverged)" if r["n_diverged"] else ""
+            lines.append("| " + " | ".join([
+                results.label, _label(name) + note,
+                fmt_mean_std(r[f"final_{w.primary_metric}_mean"], r[f"final_{w.primary_metric}_std"]) + diverged,
+                fmt_mean_std(r[f"final_{w.test_metric}_mean"], r[f"final_{w.test_metric}_std"]),
+                fmt(r.get("bench_ms_per_step", math.nan), 0)]) + " |")
+        for relative, against in (("dtp", "locoprop_m"), ("foof", "locoprop_s")):
+            if relative in families and against in families:
+                sentences.append(f"- {results.label}: {_label(relative)}'s final train loss is "
+                                 f"{compare(results, relative, against)} {_label(against)}'s.")
+    return "\n".join(lines) + "\n\n" + "\n".join(sentences)
+
+
+def ablation_table(folder: Path) -> str:
+    """Each LocoProp ablation of a workload: every setting's final train loss, the lowest named."""
+    w = workload_of(folder.name)
+    head = ["ablation", "setting", "final train loss", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best_lines = []
+    for group in sorted(p.name for p in (folder / "runs").glob("ablation-*")):
+        runs, _ = load_runs(folder, group)
+        column = f"final_{w.primary_metric}"
+        runs = runs.assign(_key=runs[column].where(runs["status"].isin(HEALTHY), np.inf)).sort_values(
+            ["config_label", "seed"])
+        for _, r in runs.iterrows():
+            lines.append(f"| {group.removeprefix('ablation-')} | {r['config_label']} | {fmt(r[column])} | {r['status']} |")
+        healthy = runs[runs["status"].isin(HEALTHY)]
+        if len(healthy):
+            top = healthy.sort_values([column, "config_label"]).iloc[0]
+            best_lines.append(f"- {group.removeprefix('ablation-')}: lowest final train loss with {top['config_label']}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(best_lines)
+
+
+# ----------------------------------------------------------------------------- across workloads
+
+def comparison_table(all_results: list[WorkloadResults]) -> pd.DataFrame:
+    """One row per optimizer: per workload its rank, final train loss (mean, std), epochs and bench
+    seconds to that workload's target; and on how many workloads it is within 5% of the best."""
+    rows: dict[str, dict[str, Any]] = {}
+    for results in all_results:
+        primary = workload_of(results.name).primary_metric
+        table = ranked(results.table, primary)
+        best = table[f"final_{primary}_mean"].min()
+        for _, r in table.iterrows():
+            row = rows.setdefault(r["optimizer"], {"optimizer": r["optimizer"], "within_5pct": 0, "workloads": 0})
+            mean = r[f"final_{primary}_mean"]
+            row.update({f"{results.name}_rank": r["rank"], f"{results.name}_final_mean": mean,
+                        f"{results.name}_final_std": r[f"final_{primary}_std"],
+                        f"{results.name}_n_seeds": r["n_seeds"], f"{results.name}_n_diverged": r["n_diverged"],
+                        f"{results.name}_epochs_to_target": r["epochs_to_target"],
+                        f"{results.name}_bench_s_to_target": r.get("bench_seconds_to_target", math.nan)})
+            row["workloads"] += 1
+            row["within_5pct"] += int(math.isfinite(mean) and mean <= 1.05 * best)
+    frame = pd.DataFrame(list(rows.values()))
+    order = figures.ordered(frame["optimizer"])
+    return frame.set_index("optimizer").loc[order].reset_index()
+
+
+def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults]) -> str:
+    head = ["optimizer", "family"]
+    for results in all_results:
+        head += [f"{results.label}: rank", "final train loss", "epochs / bench s to target"]
+    head += ["within 5% of the best"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in frame.iterrows():
+        info = optimizer_info(r["optimizer"]) if _known(r["optimizer"]) else {"label": r["optimizer"], "family": "other"}
+        cells = [info["label"], info["family"].replace("_", "-")]
+        for results in all_results:
+            n = results.name
+            if f"{n}_rank" not in r or pd.isna(r.get(f"{n}_n_seeds")):
+                cells += [DASH, "not run", DASH]
+                continue
+            rank = r[f"{n}_rank"]
+            cells.append(str(int(rank)) if rank == rank and rank is not None else DASH)
+            diverged = int(r[f"{n}_n_diverged"])
+            final = fmt_mean_std(r[f"{n}_final_mean"], r[f"{n}_final_std"])
+            cells.append(final + (f" ({diverged}/{int(r[f'{n}_n_seeds'])} diverged)" if diverged else ""))
+            epochs, seconds = r[f"{n}_epochs_to_target"], r[f"{n}_bench_s_to_target"]
+            cells.append(f"{fmt(epochs, 0)} / {fmt(seconds, 0)}" if epochs == epochs else DASH)
+        cells.append(f"{int(r['within_5pct'])} of {int(r['workloads'])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def steps_line(all_results: list[WorkloadResults]) -> str:
+    parts = []
+    for results in all_results:
+        w = workload_of(results.name)
+        steps = steps_per_run(results.name, int(results.runs["steps_per_epoch"].iloc[0]) * BATCH)
+        parts.append(f"{results.label} {steps:,} steps per run (the paper's {workload_of(w.architecture).label}: "
+                     f"{steps_per_run(w.architecture):,})")
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+def study_verdicts(study: dict) -> dict[str, Any]:
+    """Counts of a study's trials, its winner, and which of the winner's values sit at the edge of
+    the searched range (log scale where the search used one)."""
+    trials = study["trials"]
+    counts = {state: sum(t["state"] == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    diverged = sum(t["state"] == "PRUNED" and t.get("status") == "diverged" for t in trials)
+    lost = sum(t["lost"] for t in trials)
+    edges = []
+    winner = study.get("winner")
+    space = (study.get("protocol") or {}).get("search_space", {})
+    for key, value in (winner or {}).get("params", {}).items():
+        spec = space.get(key, {})
+        if "low" not in spec or not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        low, high = float(spec["low"]), float(spec["high"])
+        transform = math.log if spec.get("log") else float
+        position = (transform(value) - transform(low)) / (transform(high) - transform(low))
+        if position <= EDGE or position >= 1 - EDGE:
+            edges.append(f"{key.split('.')[-1]} at the {'low' if position <= EDGE else 'high'} end")
+    old = sum(t["sampler"] is None and not t["enqueued"] for t in trials)
+    return {"complete": counts["COMPLETE"], "pruned": counts["PRUNED"], "diverged": diverged, "lost": lost,
+            "running": counts["RUNNING"], "old_sampler": old, "edges": edges}
+
+
+def shared_draws(studies: list[dict]) -> dict[tuple[str, str], int]:
+    """Per study: how many of its trials share a drawn value with a trial of another study (the
+    count-seeded sampler gave every study the same random stream)."""
+    values: dict[tuple[str, str], list[set]] = {}
+    for s in studies:
+        ranges = {k for k, spec in ((s.get("protocol") or {}).get("search_space") or {}).items() if "low" in spec}
+        values[(s["dataset"], s["optimizer"])] = [{v for k, v in t["params"].items() if k in ranges}
+                                                  for t in s["trials"] if not t["enqueued"]]
+    out = {}
+    for key, trial_values in values.items():
+        others = set().union(*(v for other, tv in values.items() if other != key for v in tv))
+        out[key] = sum(bool(v & others) for v in trial_values)
+    return out
+
+
+def tuning_table(studies: list[dict]) -> str:
+    shared = shared_draws(studies)
+    head = ["data set", "optimizer", "budget", "complete", "pruned (diverged)", "lost, run again", "sampler",
+            "draws shared with other studies", "winner", "edge of the search space"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sorted(studies, key=lambda s: (WORKLOAD_ORDER.index(s["dataset"]) if s["dataset"] in WORKLOAD_ORDER
+                                            else 99, figures.ordered([s["optimizer"]]), s["optimizer"])):
+        v = study_verdicts(s)
+        budget = (s.get("protocol") or {}).get("trials")
+        winner = s.get("winner")
+        sampler = ("count-seeded" if v["old_sampler"] and v["old_sampler"] == len([t for t in s["trials"]
+                                                                                   if not t["enqueued"]])
+                   else "keyed" if not v["old_sampler"] else "mixed")
+        lines.append("| " + " | ".join([
+            workload_of(s["dataset"]).label, _label(s["optimizer"]), str(budget), str(v["complete"]),
+            f"{v['pruned']} ({v['diverged']})", str(v["lost"]) + (f" ({v['running']} running)" if v["running"] else ""),
+            sampler, str(shared[(s["dataset"], s["optimizer"])]),
+            (setting_text(winner["params"]) + ("" if winner["complete"] else " (no trial completed)")) if winner else DASH,
+            "; ".join(v["edges"]) or "no"]) + " |")
+    return "\n".join(lines)
+
+
+def search_space_table() -> str:
+    """Every optimizer's search space, from configs/sweep/ (or the default around its lr)."""
+    head = ["optimizer", "family", "searched settings"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in figures.ordered(optimizer_names()):
+        info = optimizer_info(name)
+        parts = []
+        for key, spec in search_space(name).items():
+            short = key.split(".")[-1]
+            if "choices" in spec:
+                parts.append(f"{short} in {{{', '.join(str(c) for c in spec['choices'])}}}")
+            else:
+                parts.append(f"{short} {spec['low']:.3g} .. {spec['high']:.3g}" + (" (log)" if spec.get("log") else ""))
+        lines.append(f"| {info['label']} | {info['family'].replace('_', '-')} | {'; '.join(parts)} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def provenance_markdown(all_results: list[WorkloadResults], bench_path: Path, bench_name: str | None) -> str:
+    lines = [f"Time axes and 'bench' columns: steps x the ms/step of one quiet bench table, "
+             f"`{bench_path.as_posix()}` ({bench_name}); every workload is timed on that one machine.", ""]
+    for results in all_results:
+        runs = results.runs
+        by_commit = runs.groupby(runs["git_commit"].fillna("unknown").str[:7])
+        lines.append(f"**{results.label}**, {_runs(len(runs))} of the winners' seeds:")
+        for commit, own in sorted(by_commit, key=lambda kv: kv[0]):
+            names = ", ".join(sorted({_label(o) for o in own["optimizer"]}, key=str.lower))
+            lines.append(f"- commit `{commit}`: {_runs(len(own))} ({names})")
+        models = runs["cpu_model"] if "cpu_model" in runs else pd.Series([None] * len(runs), index=runs.index)
+        machines = runs.assign(machine=[f"{m if isinstance(m, str) else 'CPU model not recorded'} ({d})"
+                                        for m, d in zip(models, runs["device"])])
+        for machine, own in sorted(machines.groupby("machine"), key=lambda kv: kv[0]):
+            lines.append(f"- machine {machine}: {_runs(len(own))}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+# ----------------------------------------------------------------------------- writing
+
+def replace_block(text: str, name: str, body: str, where: str) -> str:
+    begin, end = f"<!-- report:{name}:begin -->", f"<!-- report:{name}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{where}: no {begin} ... {end} markers for the generated block '{name}'")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body.strip()}\n{end}{tail}"
+
+
+def fill_blocks(source: Path, target: Path, blocks: dict[str, str]) -> None:
+    text = source.read_text()
+    for name, body in blocks.items():
+        if f"<!-- report:{name}:begin -->" in text:
+            text = replace_block(text, name, body, str(source))
+    write_text(target, text)
+
+
+def folder_readme(all_results: list[WorkloadResults], root: Path) -> str:
+    return "\n".join([
+        "# The CPU reference comparison", "",
+        "Generated by `make report` from the runs in this folder; the results, with commentary, are in",
+        "[docs/results.md](../../../docs/results.md).", "",
+        "| path | what |", "|---|---|",
+        "| `<dataset>/tuning/<dataset>/<optimizer>.db` | the Optuna study of each search (every trial, its setting, "
+        "its per-epoch running loss, how it ended) |",
+        "| `<dataset>/runs/tune/...` | every trial's run: `config.yaml`, `metrics.csv`, `summary.json` |",
+        "| `<dataset>/runs/final/...` | the winners' seeds (seed 0 is the winning trial itself), with "
+        "`reconstructions.npz` |",
+        "| `<dataset>/runs/ablation-<name>/...` | LocoProp's ablations |",
+        "| `<dataset>/summary.md`, `summary.csv` | the table of the final runs |",
+        "| `<dataset>/figures/` | loss against epochs and bench time, test loss, reconstructions, ablations |",
+        "| `comparison.md`, `comparison.csv`, `figures/` | across the data sets |", "",
+        "Data sets here: " + ", ".join(f"`{r.name}` ({r.label})" for r in all_results) + ".", ""])
+
+
+def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), draw: bool = True) -> None:
+    if not bench_path.is_file():
+        raise SystemExit(f"no bench table {bench_path}: run `make bench` on the reference machine "
+                         "(python -m benchmarks.speed --threads 1) and name its .json with --bench")
+    bench = bench_ms_per_step(bench_path)
+    device = bench_device(bench_path)
+    target_root = out / root
+    all_results = load_workloads(root, bench)
+    studies = list(read_studies(root))
+    by_key = {(s["dataset"], s["optimizer"]): s for s in studies}
+    for results in all_results:
+        folder = target_root / results.name
+        summary.write_outputs(results.table, results.runs, "final", folder, {})
+        if draw:
+            record = figures.make_figures(results.runs, results.metrics, folder / "figures", results.folder,
+                                          "bench", bench_path)
+            write_json(folder / "figures" / "provenance.json",
+                       {"provenance": provenance(results.runs), "group": "final", "time_axis": "bench",
+                        "bench": bench_path.as_posix(), "figures": record, "runs": run_record(results.runs)})
+            for group in sorted(p.name for p in (results.folder / "runs").glob("ablation-*")):
+                runs, metrics = load_runs(results.folder, group)
+                figures.make_ablation_figures(runs, metrics, folder / "figures" / group, results.folder)
+
+    frame = comparison_table(all_results)
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.6g")
+    write_text(target_root / "comparison.csv", buffer.getvalue())
+    headline = "\n\n".join([comparison_markdown(frame, all_results),
+                            f"Final train loss after {TRAINED_EPOCHS} epochs, mean ± std over the seeds; rank by "
+                            f"that mean; time to target: epochs and steps x quiet bench ms/step ({device}). "
+                            + steps_line(all_results) + "."])
+    write_text(target_root / "comparison.md", "# Across the data sets\n\n" + headline + "\n")
+    if draw:
+        runs = pd.concat([r.runs for r in all_results], ignore_index=True)
+        metrics = pd.concat([r.metrics for r in all_results], ignore_index=True)
+        record = figures.make_comparison_figures(runs, metrics, target_root / "figures", bench_path)
+        write_json(target_root / "figures" / "provenance.json",
+                   {"provenance": provenance(runs), "bench": bench_path.as_posix(), "figures": record})
+    write_text(target_root / "README.md", folder_readme(all_results, root))
+
+    blocks = {"headline": headline, "tuning": tuning_table(studies),
+              "provenance": provenance_markdown(all_results, bench_path, device)}
+    for results in all_results:
+        blocks[f"workload-{results.name}"] = "\n\n".join([workload_table(results, by_key), verdicts(results),
+                                                          gaps_table(results)])
+    fill_blocks(DOCS, out / DOCS, blocks)
+    fill_blocks(README, out / README, {"headline": headline})
+    fill_blocks(TUNING, out / TUNING, {"search-spaces": search_space_table()})
+    ablations = "\n\n".join(ablation_table(r.folder) for r in all_results if any((r.folder / "runs").glob("ablation-*")))
+    fill_blocks(RELATIVES_DOC, out / RELATIVES_DOC, {"relatives": relatives_table(all_results), "ablations": ablations})
+
+
+TEXT_SUFFIXES = (".md", ".csv", ".json")
+
+
+def stale_files(out: Path, draw: bool = False) -> list[str]:
+    """The report's text files whose committed version differs from a regeneration into `out`
+    (figure provenance only when `draw`): a result changed without `make report`, or a hand edit
+    inside generated text."""
+    stale = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES):
+        relative = path.relative_to(out)
+        if not draw and "figures" in relative.parts:
+            continue
+        if not relative.exists() or relative.read_text() != path.read_text():
+            stale.append(relative.as_posix())
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the reference comparison's folder")
+    parser.add_argument("--bench", type=Path, default=BENCH, help="the quiet bench table (.json) for every time axis")
+    parser.add_argument("--out", type=Path, default=Path("."), help="write everything under this folder instead of "
+                        "in place (the same relative paths; the drift test uses it)")
+    parser.add_argument("--no-figures", dest="draw", action="store_false", help="tables and text only")
+    args = parser.parse_args(argv)
+    report(args.root, args.bench, args.out, args.draw)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
