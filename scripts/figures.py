@@ -351,8 +351,10 @@ def _display(images: np.ndarray, gaussian: bool) -> np.ndarray:
 
 
 def _representative(own: pd.DataFrame) -> pd.Series:
-    """The run whose reconstructions are shown: healthy before diverged, then the lowest seed."""
-    key = (~own["status"].isin(HEALTHY)).astype(int) * 10**9 + own["seed"]
+    """The run whose reconstructions are shown: healthy before diverged, one that recorded its
+    reconstructions before one that did not, then the lowest seed."""
+    missing = [not (Path(d) / "reconstructions.npz").is_file() for d in own["run_dir"]]
+    key = (~own["status"].isin(HEALTHY)).astype(int) * 10**9 + pd.Series(missing, index=own.index) * 10**6 + own["seed"]
     return own.loc[key.sort_values(kind="stable").index[0]]
 
 
