@@ -37,7 +37,6 @@ from benchmarks.optimizers import optimizer_info, optimizer_names, paper_optimiz
 from benchmarks.results import read_summary
 from benchmarks.rundir import RunInUse, run_dir_for
 from benchmarks.train import train
-from scripts import figures, summary as summary_script
 from scripts.ablations import ablation_configs, ablation_names
 from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, work
 
@@ -198,101 +197,18 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu", tune
     return copied
 
 
-def study_rows(root: Path) -> list[dict]:
-    """One row per study under <root>/<dataset>/tuning/: trials finished, budget, best, seeds."""
-    rows = []
-    for db in sorted(root.glob("*/tuning/*/*.db")):
-        dataset, optimizer = db.parent.name, db.stem
-        try:
-            study = optuna.load_study(study_name=f"{dataset}-{optimizer}", storage=f"sqlite:///{db}")
-        except KeyError:  # created, no study in it yet
-            continue
-        trials = study.get_trials(deepcopy=False)
-        protocol = study.user_attrs.get("protocol", {})
-        count = lambda state: sum(t.state.name == state for t in trials)  # noqa: E731
-        complete = [t for t in trials if t.state.name == "COMPLETE"]
-        best = min(complete, key=lambda t: t.value) if complete else None
-        seeds = sorted((root / dataset).glob(f"runs/final/{dataset}/{optimizer}/*/summary.json"))
-        rows.append({"dataset": dataset, "optimizer": optimizer, "budget": protocol.get("trials"),
-                     "complete": count("COMPLETE"), "pruned": count("PRUNED"), "running": count("RUNNING"),
-                     "failed": sum(t.state.name == "FAIL" and "error" in t.user_attrs for t in trials),
-                     # a worker that died (machine gone, process killed): the tuner ran its settings again
-                     "lost": sum(t.state.name == "FAIL" and "error" not in t.user_attrs for t in trials),
-                     "best": round(best.value, 2) if best else None,
-                     "best_params": {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in best.params.items()}
-                     if best else None, "final_seeds": len(seeds)})
-    return rows
-
-
-def parse_benches(specs: list[str] | None) -> dict[str, str]:
-    """`--bench` values, `PATH` (every data set) or `DATASET=PATH` (one data set: the halves of a
-    campaign that ran on two machines each have their own quiet bench) -> {data set or '*': path}."""
-    benches = {}
-    for spec in specs or []:
-        dataset, sep, path = spec.rpartition("=")
-        benches[dataset if sep else "*"] = path
-    for dataset, path in benches.items():
-        if not Path(path).is_file():
-            raise SystemExit(f"--bench {dataset + '=' if dataset != '*' else ''}{path}: no such bench table (.json)")
-    return benches
-
-
-def report(root: str = "results/reference/cpu", bench: dict[str, str] | None = None, only: str | None = None) -> None:
-    """Figures and tables of every data set's final runs and ablations, and STATUS.md of the studies.
-    With `bench` ({data set or '*': a quiet `make bench` table of the machine and thread count that
-    ran that data set's campaign}), also the figures whose time axis is steps x its ms/step
-    (figures_bench_time/). With `only`, that data set's folder alone (STATUS.md lists every study)."""
-    root_path = Path(root)
-    bench = bench or {}
-    for folder in sorted(p for p in root_path.iterdir() if (p / "runs").is_dir() and only in (None, p.name)):
-        table = bench.get(folder.name, bench.get("*"))
-        for group_dir in sorted((folder / "runs").iterdir()):
-            group = group_dir.name
-            if group == "final":
-                for time_axis in ("measured", "bench") if table else ("measured",):
-                    out = folder / ("figures" if time_axis == "measured" else "figures_bench_time")
-                    figures.main(["--results", str(folder), "--group", group, "--out", str(out), "--time", time_axis,
-                                  *(["--bench", table] if table else [])])
-                summary_script.main(["--results", str(folder), "--group", group, "--out", str(folder),
-                                     *(["--bench", table] if table else [])])
-            elif group.startswith("ablation-"):
-                figures.main(["--results", str(folder), "--group", group, "--ablation",
-                              "--out", str(folder / "figures" / group)])
-    rows = study_rows(root_path)
-    lines = ["# Status of the CPU reference campaign", "",
-             "Studies (`<dataset>/tuning/<dataset>/<optimizer>.db`): finished trials against the budget, the",
-             "best trial's objective (best full-evaluation train loss) and settings, and the winner's seeds",
-             "finished in the group `final`. `failed`: trials that raised an error; `lost (retried)`: trials",
-             "whose worker died (a killed process, a machine that went away), each run again with the same settings.", "",
-             "| dataset | optimizer | trials (complete + pruned) / budget | failed | lost (retried) | best | best settings | final seeds |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['optimizer']} | {r['complete']} + {r['pruned']} / {r['budget']}"
-                     f"{' (' + str(r['running']) + ' running)' if r['running'] else ''} | {r['failed']} | {r['lost']} | "
-                     f"{r['best'] if r['best'] is not None else '—'} | {r['best_params'] or '—'} | {r['final_seeds']} |")
-    (root_path / "STATUS.md").write_text("\n".join(lines) + "\n")
-    print(root_path / "STATUS.md")
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("plan", choices=[*sorted(PLANS), "report", "collect"], help="a plan to work on; 'report': "
-                        "figures, tables and STATUS.md of --root; 'collect': copy --source's small files into --root")
-    parser.add_argument("--root", default="results/reference/cpu", help="the campaign's folder (report, collect)")
+    parser.add_argument("plan", choices=[*sorted(PLANS), "collect"], help="a plan to work on; 'collect': copy "
+                        "--source's small files into --root (the report of the results: `make report`)")
+    parser.add_argument("--root", default="results/reference/cpu", help="the campaign's folder (collect)")
     parser.add_argument("--source", default=None, help="with 'collect': the folder a campaign writes elsewhere")
     parser.add_argument("--tuned-from", default=None, help="with 'collect': that campaign's tuned-config folder")
-    parser.add_argument("--bench", action="append", default=None, metavar="[DATASET=]PATH",
-                        help="with 'report': the quiet bench table (.json) of the machine and threads that ran the "
-                        "campaign (or that data set's half of it; repeatable), for figures whose time axis is "
-                        "steps x its ms/step")
-    parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist); with 'report', draw only its folder")
+    parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     args = parser.parse_args(argv)
-    if args.plan == "report":
-        report(args.root, parse_benches(args.bench), args.only)
-        return
     if args.plan == "collect":
         collect(args.source, args.root, args.tuned_from)
         return

@@ -9,7 +9,9 @@ import yaml
 from optuna.trial import TrialState
 
 from benchmarks.optimizers import paper_optimizers
+from benchmarks.results import read_studies
 from scripts import campaign
+from scripts.report import study_verdicts
 from scripts.tune import Search
 
 
@@ -74,8 +76,8 @@ def test_collect_copies_small_files_never_checkpoints(tmp_path):
     tuned = tmp_path / "dst" / trial.relative_to(tmp_path / "src")
     assert sorted(p.name for p in tuned.iterdir()) == ["config.yaml", "metrics.csv", "summary.json"]
     assert _count(tmp_path / "dst" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db") == 4
-    rows = campaign.study_rows(tmp_path / "dst")
-    assert [(r["complete"], r["running"], r["best"]) for r in rows] == [(3, 1, 0.0)]
+    (study,) = read_studies(tmp_path / "dst")
+    assert [t["state"] for t in study["trials"]] == ["COMPLETE"] * 3 + ["RUNNING"] and study["winner"]["number"] == 0
 
 
 def test_collect_never_replaces_a_study_with_fewer_ended_trials(tmp_path):
@@ -128,40 +130,7 @@ def test_a_plan_can_be_cut_to_one_dataset(monkeypatch, tmp_path):
         campaign.plan_items("cpu-reference", "faces")
 
 
-def test_report_takes_one_bench_table_per_dataset(tmp_path):
-    amd, intel = tmp_path / "amd_x1.json", tmp_path / "intel_x1.json"
-    amd.write_text("{}")
-    intel.write_text("{}")
-    assert campaign.parse_benches([str(amd), f"mnist={intel}"]) == {"*": str(amd), "mnist": str(intel)}
-    assert campaign.parse_benches(None) == {}
-    with pytest.raises(SystemExit, match="--bench mnist=.*nope.json: no such bench table"):
-        campaign.parse_benches([f"mnist={tmp_path / 'nope.json'}"])
-
-
-def test_report_only_redraws_the_named_dataset(tmp_path, monkeypatch):
-    from tests import fixtures
-    monkeypatch.setattr(fixtures, "GROUP", "final")
-    for dataset in ("curves_synth", "faces_synth"):
-        fixtures.write_run(tmp_path / dataset, dataset, "adam", 0, fixtures.CURVES[dataset]["adam"][0])
-    campaign.report(str(tmp_path), only="curves_synth")
-    assert (tmp_path / "curves_synth" / "summary.md").exists()
-    assert (tmp_path / "curves_synth" / "figures" / "curves_synth_train_vs_epoch.png").exists()
-    assert not (tmp_path / "faces_synth" / "summary.md").exists() and not (tmp_path / "faces_synth" / "figures").exists()
-    assert (tmp_path / "STATUS.md").exists()  # the status of every study, whatever was redrawn
-
-
-def test_status_keeps_tiny_settings_readable(tmp_path):
-    db = tmp_path / "mnist" / "tuning" / "mnist" / "adagrad.db"
-    db.parent.mkdir(parents=True)
-    study = optuna.create_study(study_name="mnist-adagrad", storage=f"sqlite:///{db}")
-    eps = optuna.distributions.FloatDistribution(1e-10, 1e-3, log=True)
-    study.add_trial(optuna.trial.create_trial(params={"optimizer.eps": 1.5187406693817147e-10},
-                                              distributions={"optimizer.eps": eps}, value=68.5))
-    (row,) = campaign.study_rows(tmp_path)
-    assert row["best_params"] == {"optimizer.eps": 1.519e-10}  # four significant digits, not 0.0
-
-
-def test_status_counts_lost_workers_apart_from_errors(tmp_path):
+def test_studies_count_lost_workers_apart_from_errors(tmp_path):
     db = tmp_path / "mnist" / "tuning" / "mnist" / "sgd.db"
     db.parent.mkdir(parents=True)
     study = optuna.create_study(study_name="mnist-sgd", storage=f"sqlite:///{db}")
@@ -170,7 +139,6 @@ def test_status_counts_lost_workers_apart_from_errors(tmp_path):
                                               user_attrs={"error": "RuntimeError: boom"}))
     for _ in range(2):  # killed workers: failed by the tuner without an error, their settings enqueued again
         study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL))
-    (row,) = campaign.study_rows(tmp_path)
-    assert (row["complete"], row["failed"], row["lost"]) == (1, 1, 2)
-    campaign.report(str(tmp_path))
-    assert "| mnist | sgd | 1 + 0 / None | 1 | 2 | 1.0 |" in (tmp_path / "STATUS.md").read_text()
+    (study,) = read_studies(tmp_path)
+    verdict = study_verdicts(study)
+    assert (verdict["complete"], verdict["lost"]) == (1, 2)  # the failure with an error is not a lost worker
