@@ -46,6 +46,7 @@ def test_an_override_after_the_ablation_wins_and_an_unknown_ablation_is_named():
         ablations.grid("nope")
 
 
+@pytest.mark.slow
 def test_a_tiny_ablation_trains_each_setting_and_draws_final_loss_against_it(tmp_path):
     assert ablations.main(["--only", "gamma", "variant", "--results", str(tmp_path), "--", *TINY]) == 0
     runs, _ = load_runs(tmp_path, "ablation-gamma")

@@ -58,6 +58,7 @@ def user_optimizer(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("user_optimizer")
+@pytest.mark.slow
 def test_an_optimizer_of_one_module_and_one_config_trains_tunes_and_is_reported(tmp_path):
     info = optimizer_info(NAME)
     assert (info["label"], info["family"], info["paper"]) == ("SignSGD", "other", False)

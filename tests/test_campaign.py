@@ -19,6 +19,7 @@ def _searches(plan) -> list[Search]:
     return [item for item in plan if isinstance(item, Search)]
 
 
+@pytest.mark.slow
 def test_every_optimizer_on_a_dataset_gets_the_same_budget_and_pruning(tmp_path):
     searches = _searches(campaign.cpu_reference(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
     searches += _searches(campaign.cpu_relatives(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
@@ -118,6 +119,7 @@ def test_collect_takes_a_tuned_config_only_when_newer(tmp_path, source_date, tar
     assert (after == before) is (not copied)
 
 
+@pytest.mark.slow
 def test_a_plan_can_be_cut_to_one_dataset(monkeypatch, tmp_path):
     monkeypatch.setitem(campaign.PLANS, "cpu-reference",
                         lambda: campaign.cpu_reference(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))

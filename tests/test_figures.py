@@ -75,6 +75,7 @@ def test_provenance_comes_from_the_runs_and_figures_carry_no_time_stamp(drawn):
     assert not any(str(results) in path for path in info["runs"])  # no machine paths in a committed report
 
 
+@pytest.mark.slow
 def test_a_redrawn_figure_is_the_same_file(drawn, tmp_path):
     results, out, _, _, _ = drawn
     again = tmp_path / "again"

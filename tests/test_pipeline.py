@@ -45,6 +45,7 @@ def _train_cli(tmp_path, *args):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_two_point_multirun_sweep_writes_two_runs(tmp_path):
     out = _train_cli(tmp_path, "-m", "optimizer=adam", "optimizer.lr=1e-3,1e-2", "group=sweep")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -78,6 +79,7 @@ def test_committed_results_name_no_path_of_a_machine():
             assert not pattern.search(path.read_text(errors="ignore")), path
 
 
+@pytest.mark.slow
 def test_cpu_sized_reproduce_writes_figures_and_table(tmp_path):
     args = [f"results={tmp_path}", "seeds=1", "dataset=curves_synth", "optimizer=sgd,adam", "logger=disabled",
             "progress=false", *TINY]

@@ -118,6 +118,7 @@ def test_tuned_configs_load_from_any_working_directory(tmp_path):
     assert "name: locoprop_m" in out.stdout and "name: mnist" in out.stdout
 
 
+@pytest.mark.slow
 def test_multirun_with_a_failed_job_exits_nonzero_after_running_the_others(tmp_path):
     """The second job fails inside training (its data file is missing only for it: faces without
     the file); the first and third still run; the command exits 1."""
@@ -129,6 +130,7 @@ def test_multirun_with_a_failed_job_exits_nonzero_after_running_the_others(tmp_p
     assert finished.count("finished") == 2  # lr=-1 is rejected; the others ran
 
 
+@pytest.mark.slow
 def test_a_diverged_job_does_not_fail_a_multirun(tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.train", "-m", *TINY, f"results_dir={tmp_path}", "epochs=3",
            "optimizer=sgd", "optimizer.lr=1e-3,1000", "group=sweep"]
@@ -147,6 +149,7 @@ def test_progress_shows_steps_within_an_epoch(tmp_path, capfd):
 
 # ----------------------------------------------------------------------------- reports and batches
 
+@pytest.mark.slow
 def test_reproduce_continues_past_a_run_that_cannot_start(tmp_path, capsys):
     args = [f"results={tmp_path}", "seeds=1", "dataset=curves_synth,faces", "optimizer=sgd", "logger=disabled",
             "progress=false", f"dataset.root={tmp_path / 'nowhere'}", "dataset.n_train=200", "dataset.n_test=50",

@@ -170,6 +170,7 @@ def test_locoprop_inner_optimizer_is_selectable_from_the_cli(inner):
     make_step(model, opt)(torch.rand(8, 6))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     """SIGKILL a training process after a few epochs; re-running the same command resumes from
     the last checkpoint (taking over the dead process's lock) and ends with the same numbers."""
