@@ -76,12 +76,38 @@ def steps_per_run(dataset: str, n_train: int | None = None) -> int:
     return (n_train or workload_of(dataset).n_train) // BATCH * TRAINED_EPOCHS
 
 
+def family(name: str) -> str:
+    return optimizer_info(name)["family"] if _known(name) else "other"
+
+
 def ranked(table: pd.DataFrame, primary: str) -> pd.DataFrame:
-    """Rows by mean final train loss, rows without one (every seed diverged) last; with a rank."""
+    """The paper's field (its optimizers and LocoProp's relatives) by mean final train loss, ranked,
+    rows without a finished seed last; then the modern family, apart, each with the rank it would
+    take in the paper's field (`rank_among`)."""
     column = f"final_{primary}_mean"
-    out = table.assign(_key=table[column].fillna(np.inf)).sort_values(["_key", "optimizer"]).drop(columns="_key")
-    out["rank"] = [i + 1 if math.isfinite(v) else None for i, v in enumerate(out[column].fillna(np.inf))]
-    return out
+    out = table.assign(_key=table[column].fillna(np.inf), _modern=[family(o) == "modern" for o in table["optimizer"]])
+    out = out.sort_values(["_modern", "_key", "optimizer"])
+    field = out.loc[~out["_modern"], "_key"].to_numpy(float)
+    out["rank"] = [None] * len(out)
+    out["rank_among"] = [None] * len(out)
+    position = 0
+    for index, row in out.iterrows():
+        if not math.isfinite(row["_key"]):
+            continue
+        if row["_modern"]:
+            out.at[index, "rank_among"] = int((field < row["_key"]).sum()) + 1
+        else:
+            position += 1
+            out.at[index, "rank"] = position
+    return out.drop(columns=["_key", "_modern"])
+
+
+def rank_text(row: pd.Series) -> str:
+    if row["rank"] is not None and row["rank"] == row["rank"]:
+        return str(int(row["rank"]))
+    if row["rank_among"] is not None and row["rank_among"] == row["rank_among"]:
+        return f"({int(row['rank_among'])})"
+    return DASH
 
 
 def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
@@ -144,8 +170,7 @@ def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict
         if r["n_reached_target"] and r["n_reached_target"] < r["n_healthy"]:
             reach = f" ({int(r['n_reached_target'])}/{int(r['n_healthy'])})"
         lines.append("| " + " | ".join([
-            str(int(r["rank"])) if r["rank"] == r["rank"] and r["rank"] is not None else DASH,
-            info["label"], info["family"].replace("_", "-"), f"{int(r['n_seeds'])} ({int(r['n_diverged'])})",
+            rank_text(r), info["label"], info["family"].replace("_", "-"), f"{int(r['n_seeds'])} ({int(r['n_diverged'])})",
             fmt_mean_std(r[f"final_{primary}_mean"], r[f"final_{primary}_std"]),
             fmt_mean_std(r[f"final_{test}_mean"], r[f"final_{test}_std"]),
             fmt(r.get("bench_ms_per_step", math.nan), 0), fmt(r.get("bench_ms_per_step", math.nan) / sgd_ms),
@@ -221,12 +246,13 @@ def verdicts(results: WorkloadResults) -> str:
     """Sentences that compare numbers, computed: the leader, each LocoProp variant against the best
     first- and second-order methods, and the fastest to the target in bench time."""
     primary = workload_of(results.name).primary_metric
-    table = ranked(results.table, primary)
-    table = table[table["rank"].notna()]
+    everything = ranked(results.table, primary)
+    finished = everything[everything["rank"].notna() | everything["rank_among"].notna()]
+    table = everything[everything["rank"].notna()]
     if table.empty:
-        return "Every optimizer diverged."
-    families = {o: (optimizer_info(o)["family"] if _known(o) else "other") for o in table["optimizer"]}
-    best_of = {f: next((o for o in table["optimizer"] if families[o] == f), None)
+        return "Every optimizer of the paper's field diverged."
+    families = {o: family(o) for o in everything["optimizer"]}
+    best_of = {f: next((o for o in finished["optimizer"] if families[o] == f), None)
                for f in ("first_order", "second_order", "modern")}
     lines = [f"- Lowest final train loss: {_label(table['optimizer'].iloc[0])}"
              + (f", {compare(results, table['optimizer'].iloc[0], table['optimizer'].iloc[1])} "
@@ -234,10 +260,10 @@ def verdicts(results: WorkloadResults) -> str:
     for variant in ("locoprop_m", "locoprop_s"):
         if variant not in families:
             continue
-        for family, words in (("first_order", "the best first-order method"),
-                              ("second_order", "the best second-order method"),
-                              ("modern", "the best of the modern family")):
-            other = best_of[family]
+        for group, words in (("first_order", "the best first-order method"),
+                             ("second_order", "the best second-order method"),
+                             ("modern", "the best of the modern family")):
+            other = best_of[group]
             if other is not None:
                 lines.append(f"- {_label(variant)}: final train loss {compare(results, variant, other)} {words}, "
                              f"{_label(other)}.")
@@ -307,16 +333,18 @@ def ablation_table(folder: Path) -> str:
 
 def comparison_table(all_results: list[WorkloadResults]) -> pd.DataFrame:
     """One row per optimizer: per workload its rank, final train loss (mean, std), epochs and bench
-    seconds to that workload's target; and on how many workloads it is within 5% of the best."""
+    seconds to that workload's target; and on how many workloads it is within 5% of the best of
+    the paper's field (the modern family is ranked apart: `rank_among` is where it would stand)."""
     rows: dict[str, dict[str, Any]] = {}
     for results in all_results:
         primary = workload_of(results.name).primary_metric
         table = ranked(results.table, primary)
-        best = table[f"final_{primary}_mean"].min()
+        best = table.loc[table["rank"].notna(), f"final_{primary}_mean"].min()
         for _, r in table.iterrows():
             row = rows.setdefault(r["optimizer"], {"optimizer": r["optimizer"], "within_5pct": 0, "workloads": 0})
             mean = r[f"final_{primary}_mean"]
-            row.update({f"{results.name}_rank": r["rank"], f"{results.name}_final_mean": mean,
+            row.update({f"{results.name}_rank": r["rank"], f"{results.name}_rank_among": r["rank_among"],
+                        f"{results.name}_final_mean": mean,
                         f"{results.name}_final_std": r[f"final_{primary}_std"],
                         f"{results.name}_n_seeds": r["n_seeds"], f"{results.name}_n_diverged": r["n_diverged"],
                         f"{results.name}_epochs_to_target": r["epochs_to_target"],
@@ -342,8 +370,7 @@ def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults])
             if f"{n}_rank" not in r or pd.isna(r.get(f"{n}_n_seeds")):
                 cells += [DASH, "not run", DASH]
                 continue
-            rank = r[f"{n}_rank"]
-            cells.append(str(int(rank)) if rank == rank and rank is not None else DASH)
+            cells.append(rank_text(pd.Series({"rank": r[f"{n}_rank"], "rank_among": r[f"{n}_rank_among"]})))
             diverged = int(r[f"{n}_n_diverged"])
             final = fmt_mean_std(r[f"{n}_final_mean"], r[f"{n}_final_std"])
             cells.append(final + (f" ({diverged}/{int(r[f'{n}_n_seeds'])} diverged)" if diverged else ""))
@@ -531,7 +558,8 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
     write_text(target_root / "comparison.csv", buffer.getvalue())
     headline = "\n\n".join([comparison_markdown(frame, all_results),
                             f"Final train loss after {TRAINED_EPOCHS} epochs, mean ± std over the seeds; rank by "
-                            f"that mean; time to target: epochs and steps x quiet bench ms/step ({device}). "
+                            f"that mean among the paper's optimizers and LocoProp's relatives (a modern optimizer's "
+                            f"rank in parentheses: where it would stand among them); time to target: epochs and steps x quiet bench ms/step ({device}). "
                             + steps_line(all_results) + "."])
     write_text(target_root / "comparison.md", "# Across the data sets\n\n" + headline + "\n")
     if draw:
