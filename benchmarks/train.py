@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from benchmarks.config import check_renamed
+from benchmarks.config import CONFIG_DIR, check_renamed
 from benchmarks.fast import CudaGraphStep, compiled_step
 from benchmarks.models import Autoencoder, build_autoencoder
 from benchmarks.optimizers import evaluation_weights, has_weight_modes, make_optimizer, make_step
@@ -324,7 +324,7 @@ def prepare(run: Run) -> None:
         print(f"[resume] {run.run_dir} from epoch {ckpt['epoch']}")
     name = cfg.logger.name or f"{cfg.dataset.name}-{cfg.optimizer.name}-seed{cfg.seed}"
     run.logger = WandbLogger(cfg.logger, run.run_dir, OmegaConf.to_container(cfg, resolve=True), name=name,
-                             group=str(cfg.group), run_id=wandb_id)
+                             group=str(cfg.logger.get("group") or cfg.group), run_id=wandb_id)
     if cfg.progress:
         steps = run.steps_per_epoch
         run.bar = tqdm(total=run.n_epochs * steps, initial=(run.start_epoch - 1) * steps, desc=name, unit="step",
@@ -392,7 +392,7 @@ def _throwaway_steps(model, optimizer_cfg: dict[str, Any], batch, n_steps: int) 
     _sync(batch.device)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
     if summary["status"] == "failed":  # in a multirun, the other jobs still run; the exit status is 1
@@ -404,4 +404,7 @@ if __name__ == "__main__":
         check_renamed(sys.argv[1:])
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    main()
+    # the task function by its module's name: a launcher that pickles it (hydra's submitit launcher)
+    # then refers to benchmarks.train.main instead of copying this __main__ module with its globals
+    from benchmarks.train import main as run_main
+    run_main()

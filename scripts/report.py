@@ -34,12 +34,13 @@ import pandas as pd
 from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, load_runs, mean_std,
                                 optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
                                 workload_of, write_json, write_text)
-from scripts import figures, summary
+from scripts import figures, scaling, summary
 
 ROOT = Path("results/reference/cpu")
 BENCH = Path("results/bench/intel_xeon_processor_family_6_model_167_x1.json")
 DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tuning.md")
 RELATIVES_DOC = Path("docs/locoprop_vs_target_propagation.md")
+SCALING_DOC = Path("docs/scaling.md")
 BATCH, TRAINED_EPOCHS = 1000, 99  # the reference protocol's batch and trained epochs
 NOISE_P = 0.05  # a gap is told apart from seed noise when Welch's t-test gives p below this
 EDGE = 0.05  # a winner within this fraction of a range's ends (log scale where searched so) is at the edge
@@ -580,6 +581,9 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
     fill_blocks(TUNING, out / TUNING, {"search-spaces": search_space_table()})
     ablations = "\n\n".join(ablation_table(r.folder) for r in all_results if any((r.folder / "runs").glob("ablation-*")))
     fill_blocks(RELATIVES_DOC, out / RELATIVES_DOC, {"relatives": relatives_table(all_results), "ablations": ablations})
+    storage = scaling.latest_storage_table()
+    if storage is not None:
+        fill_blocks(SCALING_DOC, out / SCALING_DOC, {"scaling": scaling.estimate_markdown(root, storage)})
 
 
 TEXT_SUFFIXES = (".md", ".csv", ".json")

@@ -68,8 +68,8 @@ class KeyedTPESampler(optuna.samplers.BaseSampler):
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        if trial.system_attrs.get("fixed_params") or not search_space:
-            return {}  # an enqueued trial (a retry) keeps its setting
+        if trial.params or trial.system_attrs.get("fixed_params") or not search_space:
+            return {}  # a retried or enqueued trial keeps its setting
         taken = {setting_key(t.params) for t in study.get_trials(deepcopy=False, states=LIVE_STATES)
                  if t.number != trial.number and t.params}
         for attempt in range(self.max_redraws):

@@ -14,10 +14,11 @@ The protocol (see the README, "Tuning protocol"):
   and the notebook's exits (a loss above 1000, a best above 600, a best still above 350 after
   epoch 12; CE scale; `benchmarks.workloads`) end hopeless trials; full evaluations run every
   `--eval-every` epochs;
-- the study lives in an SQLite file, `<results>/tuning/<dataset>/<optimizer>.db` (or any
-  SQLAlchemy URL via --storage): a killed search resumes with its finished trials kept, and a
-  trial whose worker died is retried with the same settings, resuming its run from the last
-  epoch checkpoint; several workers (--workers, or other machines on a shared database) share it;
+- the study lives in an SQLite file, `<results>/tuning/<dataset>/<optimizer>.db` (or PostgreSQL,
+  or an Optuna journal file: --storage, scripts/storage.py): a killed search resumes with its
+  finished trials kept, and a trial whose worker died (its Optuna heartbeat stopped) is failed and
+  run again with the same setting, resuming its run from the last epoch checkpoint; several
+  workers share it (--workers, --launcher slurm/local through submitit: scripts/launch.py);
 - the winning trial is re-run with seeds 1..S-1 (the trial itself is seed 0); the winner's seeds
   are copied into the group `final`, and `results/tuned/<dataset>/<optimizer>.yaml` records the
   values with their provenance (study, trial counts, budget, the seeds' mean +- std, device,
@@ -33,9 +34,9 @@ import math
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,18 @@ from optuna.trial import TrialState
 from benchmarks.config import compose_config
 from benchmarks.optimizers import paper_optimizers, search_space as optimizer_search_space
 from benchmarks.results import best_trial, mean_std, read_summary
-from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, git_commit, pid_alive,
+from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, git_commit,
                                run_dir_for)
 from benchmarks.schedule import Schedule
 from benchmarks.train import PruneRun, threshold_exit, train
 from benchmarks.workloads import get_workload
 from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions
+from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
+from scripts.storage import (GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, fail_lost_trials, heartbeat, open_storage,
+                             retried_trial_number, storage_label)
 
 TRIAL_GROUP, FINAL_GROUP = "tune", "final"
 SEED_DONE = (*FINAL_STATUSES, "stopped", "failed")  # a seed run in one of these is not run again
-STALE_AFTER_S = 1800  # a running trial whose heartbeat is older than this (other hosts) is retried
 RUN_OVERRIDES = ("logger=disabled", "progress=false")
 
 
@@ -123,7 +126,8 @@ class Search:
 
     def __init__(self, dataset: str, optimizer: str, results: str | Path = "results", protocol: Protocol | None = None,
                  storage: str | None = None, tuned_dir: str | Path = "results/tuned", export_as: str | None = None,
-                 note: str = ""):
+                 note: str = "", heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S,
+                 wandb: bool = False):
         self.dataset, self.optimizer = dataset, optimizer
         self.results = Path(results)
         self.protocol = protocol or Protocol()
@@ -134,7 +138,8 @@ class Search:
         self.storage_url = storage or f"sqlite:///{self.db_path}"
         self.lock_path = folder / f"{optimizer}.lock"
         self.tuned_path = Path(tuned_dir) / (export_as or dataset) / f"{optimizer}.yaml"
-        self.export_as, self.note = export_as, note
+        self.export_as, self.note, self.wandb = export_as, note, wandb
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.study = self._open_study()
 
     # -- study
@@ -143,7 +148,8 @@ class Search:
         sampler = KeyedTPESampler(distributions(self.space), seed=p.sampler_seed, startup_trials=p.startup_trials)
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
         with self._lock():
-            study = optuna.create_study(storage=self.storage_url, study_name=f"{self.dataset}-{self.optimizer}",
+            storage = open_storage(self.storage_url, self.heartbeat_interval, self.grace_period)
+            study = optuna.create_study(storage=storage, study_name=f"{self.dataset}-{self.optimizer}",
                                         direction="minimize", sampler=sampler, pruner=pruner, load_if_exists=True)
             recorded = study.user_attrs.get("protocol")
             wanted = {**p.as_dict(), "search_space": self.space}
@@ -173,29 +179,19 @@ class Search:
     def trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states or None)
 
-    def _retry_stale(self) -> None:
-        """Fail running trials whose worker is gone and enqueue each again with the same settings."""
-        now = time.time()
-        for t in self.trials(TrialState.RUNNING):
-            host, _, pid = str(t.user_attrs.get("owner", ":")).partition(":")
-            beat = float(t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now))
-            dead_here = host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
-            if dead_here or now - beat > STALE_AFTER_S:
-                self.study.tell(t.number, state=TrialState.FAIL)
-                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-                print(f"[tune] {self.study.study_name}: trial {t.number} lost its worker; retrying its settings")
-
     def claim(self) -> optuna.Trial | None:
         """A new (or retried) trial if the budget allows; the count includes running ones, so
         concurrent workers never overshoot the budget."""
         with self._lock():
-            self._retry_stale()
+            fail_lost_trials(self.study)  # Optuna's heartbeat: a dead worker's trial fails and is enqueued again
             waiting = self.trials(TrialState.WAITING)
             used = len(self.trials(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
             failures = len([t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs])
             if not waiting and (used >= self.protocol.trials or failures >= self.protocol.trials):
                 return None
-            trial = self.study.ask()
+            with warnings.catch_warnings():  # heartbeats are recorded by `heartbeat()`, not by Study.optimize
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = self.study.ask()
             try:
                 suggest(trial, self.space)  # drawn under the lock: the next claim sees this setting as taken
             except RuntimeError as err:  # the space has no setting left that the study has not tried
@@ -204,19 +200,25 @@ class Search:
             if trial.relative_params:  # drawn by the sampler (not an enqueued setting, such as a retry)
                 trial.set_user_attr("sampler", SAMPLER_NAME)
             trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
-            trial.set_user_attr("heartbeat", time.time())
             return trial
 
     # -- configs
-    def config(self, values: dict[str, Any], seed: int, group: str) -> DictConfig:
+    def config(self, values: dict[str, Any], seed: int, group: str, wandb_name: str | None = None) -> DictConfig:
+        """A trial's or a seed's run config. With W&B on, the runs of one study share a W&B group
+        (the study's name) and are named by trial or seed; the W&B config holds the setting."""
+        logging = list(RUN_OVERRIDES)
+        if self.wandb:
+            name = wandb_name or f"{self.study.study_name}-seed{seed}"
+            logging = ["progress=false", "logger=wandb", f"logger.group={self.study.study_name}", f"logger.name={name}",
+                       f"logger.tags=[{self.dataset},{self.optimizer},{group}]"]
         return compose_config([f"dataset={self.dataset}", f"optimizer={self.optimizer}", f"seed={seed}",
                                f"group={group}", f"results_dir={self.results}", f"eval_every={self.protocol.eval_every}",
-                               *RUN_OVERRIDES, *self.protocol.overrides, *overrides_for(values)])
+                               *logging, *self.protocol.overrides, *overrides_for(values)])
 
     def run_trial(self, trial: optuna.Trial) -> str:
         """Train one trial; tell Optuna how it ended (complete, pruned, or failed)."""
         values = suggest(trial, self.space)
-        cfg = self.config(values, seed=0, group=TRIAL_GROUP)
+        cfg = self.config(values, seed=0, group=TRIAL_GROUP, wandb_name=f"{self.study.study_name}-trial{trial.number}")
         trial.set_user_attr("run_dir", run_dir_for(cfg).relative_to(self.results).as_posix())
         rules = get_workload(self.dataset).tuning_exits if self.protocol.exits else None
         last_epoch = _trained_epochs(cfg)
@@ -225,7 +227,6 @@ class Search:
         def on_epoch(epoch: int, loss: float, replayed: bool) -> None:
             nonlocal best
             best = min(best, loss)
-            trial.set_user_attr("heartbeat", time.time())
             trial.report(loss, epoch)
             reason = threshold_exit(rules, loss, best, epoch)
             if reason:
@@ -240,7 +241,8 @@ class Search:
 
         print(f"[tune] {self.study.study_name}: trial {trial.number} {values}", flush=True)
         try:
-            summary = train(cfg, on_epoch=on_epoch)
+            with heartbeat(trial):
+                summary = train(cfg, on_epoch=on_epoch)
         except RunInUse:  # the same settings are running in another worker right now
             trial.set_user_attr("status", "duplicate of a running trial")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -350,7 +352,7 @@ class Search:
         counts["notebook_exit"] = len([t for t in self.trials(TrialState.PRUNED)
                                        if str(t.user_attrs.get("reason", "")).startswith("notebook exit")])
         counts["failed"] = len([t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs])
-        counts["retried"] = len([t for t in self.trials() if "retry_of" in t.user_attrs])
+        counts["retried"] = len([t for t in self.trials() if retried_trial_number(t) is not None])
         seeds = [read_summary(run_dir_for(cfg)) for cfg in self.seed_configs()]
         primary = seeds[0]["primary_metric"]
         validation = {"seeds": [int(s["seed"]) for s in seeds], "statuses": [s["status"] for s in seeds],
@@ -363,7 +365,7 @@ class Search:
         source = {
             "kind": "search",
             "protocol": "scripts/tune.py: full-length trials, equal budget, successive halving, TPE",
-            "study": _relative(self.db_path) if self.storage_url.startswith("sqlite") else "(database URL not recorded)",
+            "study": _relative(self.db_path) if self.storage_url.startswith("sqlite") else storage_label(self.storage_url),
             "study_name": self.study.study_name,
             "search_space": self.space,
             "budget_trials": p.trials,
@@ -448,21 +450,6 @@ def work(searches: list[Search], poll_s: float = 5.0) -> None:
             time.sleep(poll_s)  # only other workers' trials or seeds are left for now
 
 
-def spawn_workers(argv: list[str], n: int) -> list[subprocess.Popen]:
-    """n - 1 more processes running the same command as single workers on the shared studies."""
-    options, overrides = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv else (argv, [])
-    kept, skip = [], False
-    for token in options:
-        if skip:
-            skip = False
-        elif token == "--workers":
-            skip = True
-        elif not token.startswith("--workers="):
-            kept.append(token)
-    cmd = [sys.executable, "-m", sys.modules["__main__"].__spec__.name, *kept, "--workers", "1", *overrides]
-    return [subprocess.Popen(cmd) for _ in range(n - 1)]
-
-
 def protocol_args(parser: argparse.ArgumentParser) -> None:
     defaults = Protocol()
     parser.add_argument("--trials", type=int, default=defaults.trials, help="trials per optimizer (equal budget)")
@@ -475,7 +462,6 @@ def protocol_args(parser: argparse.ArgumentParser) -> None:
                         "notebook's exits (loss > 1000, best > 600, best > 350 after epoch 12)")
     parser.add_argument("--results", default="results")
     parser.add_argument("--tuned-dir", default="results/tuned")
-    parser.add_argument("--workers", type=int, default=1, help="processes sharing the work (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --), e.g. dataset.n_train=10000")
 
@@ -492,12 +478,22 @@ def main(argv: list[str] | None = None) -> Path | None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--optimizer", required=True, help="an optimizer with configs/sweep/<name>.yaml, or "
                         "'paper' for the nine the LocoProp paper compares")
-    parser.add_argument("--storage", default=None, help="SQLAlchemy URL (default: sqlite under <results>/tuning/)")
+    parser.add_argument("--storage", default=None, help="where the study lives: a SQLAlchemy URL (default: sqlite "
+                        "under <results>/tuning/; postgresql://user@host/db for many machines) or journal:<file> "
+                        "(Optuna's journal on a shared file system)")
+    parser.add_argument("--heartbeat-interval", type=int, default=HEARTBEAT_INTERVAL_S,
+                        help="seconds between a running trial's heartbeats")
+    parser.add_argument("--grace-period", type=int, default=GRACE_PERIOD_S, help="a trial whose heartbeat is older "
+                        "than this has lost its worker: it is failed and its setting run again")
+    parser.add_argument("--wandb", action="store_true", help="log every trial and seed to W&B (logger=wandb), "
+                        "grouped by study, named by trial")
     parser.add_argument("--export-as", default=None, help="data set the tuned config is for, when the search ran on "
                         "a stand-in (e.g. search curves_synth, export as curves); recorded in the provenance")
     parser.add_argument("--note", default="", help="free text stored in the provenance")
     protocol_args(parser)
+    add_launch_args(parser)
     args = parser.parse_args(argv)
+    launch = settings_from(args)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -506,14 +502,24 @@ def main(argv: list[str] | None = None) -> Path | None:
     if args.storage and len(names) > 1:
         raise SystemExit("--storage names one study: give one --optimizer with it")
     searches = [Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
-                       tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note) for name in names]
-    children = spawn_workers(argv, args.workers) if args.workers > 1 else []
-    try:
-        work(searches)
-    finally:
-        for child in children:
-            child.wait()
+                       tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note,
+                       heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wandb=args.wandb)
+                for name in names]
+    if launch.launcher != "processes":
+        wait(submit(run_worker, argv, launch, args.results))
+    else:
+        children = spawn_processes("scripts.tune", argv, launch.workers - 1)
+        try:
+            work(searches)
+        finally:
+            for child in children:
+                child.wait()
     return searches[-1].tuned_path if searches[-1].tuned_path.exists() else None
+
+
+def run_worker(argv: list[str]) -> None:
+    """One worker of a search (what a submitit job calls)."""
+    main(argv)
 
 
 if __name__ == "__main__":

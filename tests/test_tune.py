@@ -20,6 +20,7 @@ from benchmarks.config import compose_config
 from benchmarks.rundir import run_dir_for
 from benchmarks.train import train
 from benchmarks.workloads import WORKLOADS
+from scripts.storage import GRACE_PERIOD_S, retried_trial_number
 from scripts.tune import Protocol, Search, overrides_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +29,11 @@ TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.siz
 COLUMNS = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
 
 
-def tiny_search(tmp_path, optimizer="sgd", trials=2, seeds=2, overrides=TINY, **protocol) -> Search:
+def tiny_search(tmp_path, optimizer="sgd", trials=2, seeds=2, overrides=TINY, grace_period=GRACE_PERIOD_S,
+                **protocol) -> Search:
     protocol = Protocol(trials=trials, seeds=seeds, eval_every=2, min_resource=2, overrides=list(overrides), **protocol)
-    return Search("curves_synth", optimizer, tmp_path / "res", protocol, tuned_dir=tmp_path / "tuned")
+    return Search("curves_synth", optimizer, tmp_path / "res", protocol, tuned_dir=tmp_path / "tuned",
+                  heartbeat_interval=1, grace_period=grace_period)
 
 
 def states(search: Search) -> list[str]:
@@ -112,7 +115,8 @@ def test_resumed_study_refuses_a_different_protocol(tmp_path):
 def _tune_cli(tmp_path, *extra, trials=3, epochs=30):
     return [sys.executable, "-m", "scripts.tune", "--dataset", "curves_synth", "--optimizer", "sgd",
             "--trials", str(trials), "--seeds", "1", "--eval-every", "5", "--min-resource", "100",
-            "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), *extra, "--",
+            "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"),
+            "--heartbeat-interval", "1", "--grace-period", "3", *extra, "--",
             "dataset.n_train=1000", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
             f"epochs={epochs}", "throwaway_steps=0"]
 
@@ -148,7 +152,7 @@ def test_killed_search_keeps_finished_trials_and_resumes_the_lost_one(tmp_path):
     trials = _study(tmp_path).get_trials()
     assert {t.number: t.value for t in trials if t.number in finished_before} == finished_before
     assert trials[killed_run.number].state == TrialState.FAIL
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed_run.number]
+    retry = [t for t in trials if retried_trial_number(t) == killed_run.number]
     assert len(retry) == 1 and retry[0].params == killed_run.params and retry[0].state.is_finished()
     assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
     # the retried trial resumed its run: same run directory, metrics of an uninterrupted run
@@ -174,7 +178,7 @@ def test_resumed_trial_is_not_judged_again_at_rungs_it_already_passed(tmp_path, 
     outcome depended on when workers died."""
     import scripts.tune as tune
 
-    search = tiny_search(tmp_path, trials=2)
+    search = tiny_search(tmp_path, trials=2, grace_period=1)
     weak, good = {"optimizer.lr": 0.005}, {"optimizer.lr": 0.05}
     real_train = tune.train
 
@@ -201,10 +205,10 @@ def test_resumed_trial_is_not_judged_again_at_rungs_it_already_passed(tmp_path, 
     assert first_good.state == TrialState.COMPLETE
     assert all(first_good.intermediate_values[e] < killed.intermediate_values[e] for e in (2, 6))
 
-    monkeypatch.setattr(tune, "STALE_AFTER_S", -1.0)  # the killed trial's worker counts as gone
+    time.sleep(1.5)  # the killed trial's heartbeat is older than the grace period: its worker counts as gone
     assert search.step() == "trial"
     trials = search.study.get_trials()
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    retry = [t for t in trials if retried_trial_number(t) == killed.number]
     assert trials[killed.number].state == TrialState.FAIL
     assert len(retry) == 1 and retry[0].params == weak and retry[0].state == TrialState.COMPLETE
     summary = yaml.safe_load((run / "summary.json").read_text())
