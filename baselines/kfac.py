@@ -53,6 +53,8 @@ from locoprop.chain import ForwardRecord, forward_record
 from locoprop.losses import LOSS_KINDS, resolve_loss
 from locoprop.model_aware import ModelAwareOptimizer
 
+from .linalg import batched_cholesky_inverse, batched_eigh
+
 FISHER_KINDS = ("sampled", "empirical")
 
 
@@ -235,12 +237,14 @@ class KFAC(ModelAwareOptimizer):
                 st[key] = torch.add(f, f.T).mul_(0.5)
 
     def _refresh_inverses(self) -> None:
-        """Damped inverses of every factor, in float64.
+        """Damped inverses of every factor, in float64, with one host synchronisation per refresh.
 
         Factored damping (the default) needs only the traces for pi and the inverses of
         A + pi*gamma*I and G + gamma/pi*I, which are positive definite: a Cholesky inverse does
         it at a fifth of the cost of an eigendecomposition. Exact damping needs eigenbases
-        (eigh, eigenvalues clamped at 0); a Cholesky failure also falls back to eigh.
+        (eigh, eigenvalues clamped at 0); a Cholesky failure also falls back to eigh. Factors of
+        the same size are decomposed as one batch, and whether every factor was finite and every
+        decomposition succeeded is read back once, after all of them.
         A factor that is not finite, or whose decomposition fails, keeps its previous inverse
         (identity / damping at the first refresh) with a warning, so a bad batch never turns
         into NaN steps.
@@ -248,46 +252,54 @@ class KFAC(ModelAwareOptimizer):
         group = self._group()
         lam_eta = (self._damping + group["weight_decay"]).double()
         gamma = lam_eta.sqrt()
-        for i, layer in enumerate(self.layers):
-            st = self.state[layer.linear.weight]
-            try:
-                if not all(bool(torch.isfinite(st[key]).all()) for key in ("A", "G")):
-                    raise ValueError("non-finite entries")
-                if group["exact_damping"]:
-                    self._refresh_exact(st, lam_eta)
+        states = [self.state[layer.linear.weight] for layer in self.layers]
+        factors = [st[key].double() for st in states for key in ("A", "G")]
+        if group["exact_damping"]:
+            decompositions, ok = batched_eigh(factors)
+        else:
+            shifts = []
+            for a, g in zip(factors[0::2], factors[1::2]):
+                pi = (a.diagonal().mean().clamp(min=1e-30) / g.diagonal().mean().clamp(min=1e-30)).sqrt()
+                shifts += [pi * gamma, gamma / pi]
+            damped = [f + shift * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)
+                      for f, shift in zip(factors, shifts)]
+            inverses, ok = batched_cholesky_inverse(damped)
+        finite = torch.stack([torch.isfinite(f).all() for f in factors])
+        good, is_finite = (ok & finite).tolist(), finite.tolist()  # the refresh's one host sync
+        for i, st in enumerate(states):
+            a, g = 2 * i, 2 * i + 1
+            if not (is_finite[a] and is_finite[g]):
+                self._keep_previous(i, st, gamma, "non-finite entries")
+            elif group["exact_damping"]:
+                if good[a] and good[g]:
+                    (ea, qa), (eg, qg) = decompositions[a], decompositions[g]
+                    dtype = st["A"].dtype  # eigenvalue arithmetic in float64; the stored bases in the factors' dtype
+                    st["QA"], st["QG"] = qa.to(dtype), qg.to(dtype)
+                    st["scale"] = (1.0 / (eg[:, None] * ea[None, :] + lam_eta)).to(dtype)
                 else:
-                    self._refresh_factored(st, gamma)
-            except (ValueError, RuntimeError) as err:  # torch.linalg.LinAlgError is a RuntimeError
-                warnings.warn(f"K-FAC: the factors of layer {i} could not be inverted ({err}); "
-                              "keeping the previous inverse", RuntimeWarning, stacklevel=3)
-                self._fallback_inverse(st, float(gamma))
+                    self._keep_previous(i, st, gamma, "eigendecomposition failed")
+            else:
+                try:  # a factor that is not numerically positive definite: clamp its spectrum instead
+                    pair = [inverses[k] if good[k] else self._clamped_inverse(factors[k], shifts[k]) for k in (a, g)]
+                except (ValueError, RuntimeError) as err:  # torch.linalg.LinAlgError is a RuntimeError
+                    self._keep_previous(i, st, gamma, str(err))
+                    continue
+                st["A_inv"], st["G_inv"] = (inverse.to(st["A"].dtype) for inverse in pair)
         self._inverse_damping = lam_eta.to(self._damping.dtype)
 
+    def _keep_previous(self, layer: int, st: dict[str, Tensor], gamma: Tensor, why: str) -> None:
+        warnings.warn(f"K-FAC: the factors of layer {layer} could not be inverted ({why}); keeping the previous "
+                      "inverse", RuntimeWarning, stacklevel=4)
+        self._fallback_inverse(st, float(gamma))
+
     @staticmethod
-    def _eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
-        e, q = torch.linalg.eigh(factor.double())
+    def _clamped_inverse(factor: Tensor, shift: Tensor) -> Tensor:
+        """(F + shift I)^-1 through eigh with the eigenvalues clamped at 0 (the rare fallback)."""
+        e, q = torch.linalg.eigh(factor)
         if not bool(torch.isfinite(e).all()):
             raise ValueError("non-finite eigenvalues")
-        return e.clamp(min=0.0), q
-
-    def _refresh_exact(self, st: dict[str, Tensor], lam_eta: Tensor) -> None:
-        (ea, qa), (eg, qg) = self._eigh(st["A"]), self._eigh(st["G"])
-        dtype = st["A"].dtype  # eigenvalue arithmetic in float64; the stored bases in the factors' dtype
-        st["QA"], st["QG"] = qa.to(dtype), qg.to(dtype)
-        st["scale"] = (1.0 / (eg[:, None] * ea[None, :] + lam_eta)).to(dtype)
-
-    def _refresh_factored(self, st: dict[str, Tensor], gamma: Tensor) -> None:
-        a, g = st["A"].double(), st["G"].double()
-        pi = ((a.diagonal().mean().clamp(min=1e-30) / g.diagonal().mean().clamp(min=1e-30))).sqrt()
-        for key, factor, shift in (("A_inv", a, pi * gamma), ("G_inv", g, gamma / pi)):
-            damped = factor + shift * torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
-            chol, info = torch.linalg.cholesky_ex(damped)
-            if int(info) == 0:
-                inverse = torch.cholesky_inverse(chol)
-            else:  # not numerically positive definite: clamp the spectrum instead
-                e, q = self._eigh(factor)
-                inverse = (q * (1.0 / (e + shift))) @ q.T
-            st[key] = inverse.to(st["A"].dtype)
+        e = e.clamp(min=0.0)
+        return (q * (1.0 / (e + shift))) @ q.T
 
     def _fallback_inverse(self, st: dict[str, Tensor], gamma: float) -> None:
         """Keep what the previous refresh left; at the first refresh use (damping)^-1 I."""

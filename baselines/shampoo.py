@@ -292,24 +292,30 @@ class Shampoo(Optimizer):
     # ----------------------------------------------------------------------------- roots
     @staticmethod
     def _compute_roots(jobs: list[_RootJob]) -> None:
-        """Recompute the due roots, batching same-size statistics into one float64 call."""
+        """Recompute the due roots, batching same-size statistics into one float64 call, and read
+        back whether each one worked once, after all of them (one host synchronisation)."""
         batches: dict[tuple, list[_RootJob]] = defaultdict(list)
         for job in jobs:
             batches[(job.stat.device, job.root.dtype, job.stat.shape[0], job.settings)].append(job)
+        results = []
         for (_, dtype, n, (method, epsilon, relative, alpha, max_iters, tol)), batch in batches.items():
             stats = torch.stack([job.stat for job in batch]).to(torch.float64)
             stats = 0.5 * (stats + stats.mT)
             finite = stats.sum(dim=(-2, -1)).isfinite()  # float64: a finite sum means finite entries
-            if not bool(finite.all()):
-                # Decompose a harmless identity in place of a non-finite statistic.
-                eye = torch.eye(n, dtype=torch.float64, device=stats.device)
-                stats = torch.where(finite[:, None, None], stats, eye)
+            # a harmless identity is decomposed in place of a non-finite statistic
+            stats = torch.where(finite[:, None, None], stats, torch.eye(n, dtype=torch.float64, device=stats.device))
             if method == "eigh":
                 roots, ok = _symmetric_inverse_root_eigh(stats, epsilon, alpha, relative, dtype)
             else:
                 roots, ok = _symmetric_inverse_root_newton(stats, epsilon, round(1.0 / alpha), max_iters, tol, relative)
-            ok = ok & finite & roots.sum(dim=(-2, -1)).isfinite()
-            for job, job_ok, finite_ok, sym, root in zip(batch, ok.tolist(), finite.tolist(), stats, roots):
+            results.append((batch, method, stats, roots, ok & finite & roots.sum(dim=(-2, -1)).isfinite(), finite))
+        if not results:
+            return
+        flags = torch.cat([torch.stack([ok, finite]) for *_, ok, finite in results], dim=1).tolist()  # the sync
+        offset = 0
+        for batch, method, stats, roots, _, _ in results:
+            for k, (job, sym, root) in enumerate(zip(batch, stats, roots)):
+                job_ok, finite_ok = flags[0][offset + k], flags[1][offset + k]
                 if job_ok:
                     job.root.copy_(root)
                     job.stat.copy_(sym)  # keep the statistic exactly symmetric
@@ -317,6 +323,7 @@ class Shampoo(Optimizer):
                     reason = "non-finite statistic" if not finite_ok else f"{method} failed"
                     warnings.warn(f"Shampoo: cannot compute the inverse root of {job.label} ({reason}); "
                                   f"keeping the previous root", RuntimeWarning, stacklevel=3)
+            offset += len(batch)
 
     # ----------------------------------------------------------------------------- step
     @torch.no_grad()
