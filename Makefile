@@ -2,7 +2,8 @@
 PYTHON ?= python
 RESULTS ?= results
 GROUP ?= default
-# Extra Hydra overrides for `make train` / `make reproduce`, e.g. ARGS="dataset=mnist optimizer=adam"
+# Extra arguments: ARGS for `make train` (Hydra overrides), REPRO_ARGS for `make reproduce` (e.g.
+# "--seeds 1 --dataset mnist --dry-run" or Hydra overrides such as "epochs=2 device=cuda")
 ARGS ?=
 REPRO_ARGS ?=
 BENCH_ARGS ?=
@@ -45,11 +46,11 @@ report:  ## every table, figure and number of the reference comparison, from the
 ablations:  ## LocoProp ablations (configs/ablation/, CURVES-like by default) and their figures
 	$(PYTHON) -m scripts.ablations --results $(RESULTS) -- $(ABLATION_ARGS)
 
-gpu-campaign:  ## on one H100/H200, <= 8 min: bench, GPU tests, the MNIST comparison (concurrent runs), report
+gpu-campaign:  ## on one H100/H200 inside a time budget (8 min): bench, GPU tests, the MNIST comparison, report
 	$(PYTHON) -m scripts.gpu_campaign $(GPU_ARGS)
 
-reproduce:  ## the paper's comparison with the tuned configs, then figures and tables
-	$(PYTHON) -m scripts.reproduce results=$(RESULTS) $(REPRO_ARGS)
+reproduce:  ## the paper's comparison with the tuned configs, then figures and tables (--dry-run: the plan)
+	$(PYTHON) -m scripts.reproduce --results $(RESULTS) $(REPRO_ARGS)
 
 tune:  ## full-length searches (equal budget, successive halving, SQLite studies) -> results/tuned/<dataset>/<optimizer>.yaml
 	for d in $(TUNE_DATASETS); do for o in $(TUNE_OPTIMIZERS); do \

@@ -239,11 +239,36 @@ def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         optimizer.train()
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[Tensor], Tensor]:
-    """A function `step(x) -> loss` (detached, on the device) doing one training step on batch x."""
+PRECISIONS = ("float32", "bf16")
+
+
+def check_precision(optimizer: torch.optim.Optimizer, precision: str) -> None:
+    """bf16 autocast is offered where the optimizer only sees gradients: a model-aware optimizer runs
+    its own passes and keeps float32 statistics (factors, targets, inner states)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and getattr(optimizer, "model_aware", False):
+        raise ValueError(f"precision=bf16 is offered for gradient optimizers; {type(optimizer).__name__} runs its own "
+                         "forward and backward passes in float32 (its factors, targets and inner states need it)")
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+              precision: str = "float32") -> Callable[[Tensor], Tensor]:
+    """A function `step(x) -> loss` (detached, on the device) doing one training step on batch x.
+    With precision 'bf16' the forward and backward passes run under bf16 autocast; the weights,
+    their gradients and the optimizer's state stay float32."""
+    check_precision(optimizer, precision)
     if getattr(optimizer, "model_aware", False):
         def step(x: Tensor) -> Tensor:
             return optimizer.step(x, x)
+    elif precision == "bf16":
+        def step(x: Tensor) -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                loss = model.loss(x)
+            loss.backward()
+            optimizer.step()
+            return loss.detach().float()
     else:
         def step(x: Tensor) -> Tensor:
             optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.optimizers import default_style, label as optimizer_label, optimizer_info, optimizer_names, search_space
-from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS,
+from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, LATER_DEFAULTS,
                                atomic_write_json, atomic_write_text, config_hash, read_summary)
 from benchmarks.workloads import WORKLOADS, Workload
 
@@ -126,7 +126,8 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:
     """The training config without the seed and the bookkeeping keys: what one configuration is."""
-    data = {k: v for k, v in config.items() if k not in (*BOOKKEEPING_KEYS, *LEGACY_BOOKKEEPING[""], "seed")}
+    data = {k: v for k, v in config.items() if k not in (*BOOKKEEPING_KEYS, *LEGACY_BOOKKEEPING[""], "seed")
+            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
     for section, keys in (("dataset", (*BOOKKEEPING_DATASET_KEYS, *LEGACY_BOOKKEEPING["dataset"])),
                           ("optimizer", BOOKKEEPING_OPTIMIZER_KEYS)):
         if isinstance(data.get(section), dict):

@@ -37,11 +37,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- identity
 
+# Settings added after runs were committed: at these values they leave the run id as it was.
+LATER_DEFAULTS = {"precision": "float32"}
+
+
 def training_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config without the bookkeeping keys: what decides the trained numbers."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in BOOKKEEPING_KEYS:
         data.pop(key, None)
+    for key, default in LATER_DEFAULTS.items():
+        if data.get(key) == default:
+            data.pop(key)
     for key in BOOKKEEPING_DATASET_KEYS:
         data.get("dataset", {}).pop(key, None)
     for key in BOOKKEEPING_OPTIMIZER_KEYS:
@@ -218,10 +225,12 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return name
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: torch.device, bench: bool = False) -> str:
+    """The GPU's name; for the CPU 'cpu (N threads)' (a run's summary records the CPU model apart),
+    or with `bench` '<CPU model> xN', the name of a bench table: valid for one model and thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} x{torch.get_num_threads()}" if bench else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def load_average() -> list[float] | None:

@@ -35,8 +35,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.config import compose_config
 from benchmarks.models import build_autoencoder
-from benchmarks.optimizers import make_optimizer, make_step, optimizer_names
-from benchmarks.rundir import atomic_write_json, atomic_write_text, cpu_model, load_average
+from benchmarks.optimizers import PRECISIONS, make_optimizer, make_step, optimizer_names
+from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name, load_average
 from benchmarks.workloads import paper_datasets
 
 ARCHITECTURES = tuple(paper_datasets())  # mnist, faces, curves: the architectures
@@ -48,13 +48,6 @@ RESULT_KEYS = ("dataset", "optimizer", "batch_size", "width_multiplier", "depth_
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and thread count: a bench table is only valid for that."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} x{torch.get_num_threads()}"
 
 
 def file_stem(device: str) -> str:
@@ -107,13 +100,14 @@ def count_flops(step, x: torch.Tensor) -> float:
 
 
 def measure(dataset: str, optimizer: str, device: torch.device, batch_size: int = 1000, steps: int = 20,
-            warmup: int = 3, width: int = 1, depth: int = 1, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+            warmup: int = 3, width: int = 1, depth: int = 1, overrides: tuple[str, ...] = (),
+            precision: str = "float32") -> dict[str, Any]:
     """Time one optimizer's training step on one autoencoder; returns a result row."""
     torch.manual_seed(0)
     model = build_autoencoder(dataset, width_multiplier=width, depth_multiplier=depth).to(device)
     cfg = compose_config([f"optimizer={optimizer}", *overrides])
     opt = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True))
-    step = make_step(model, opt)
+    step = make_step(model, opt, precision)
     gen = torch.Generator(device=device).manual_seed(0)
     if steps >= 10:  # whole preconditioner-refresh periods, so second-order costs are amortised fairly
         steps = 10 * math.ceil(steps / 10)
@@ -141,7 +135,8 @@ def measure(dataset: str, optimizer: str, device: torch.device, batch_size: int 
             "status": "ok" if finite else "non-finite loss"}
 
 
-def run_bench(datasets, optimizers, device, batch_sizes=(1000,), widths=(1,), depths=(1,), steps=20, warmup=3):
+def run_bench(datasets, optimizers, device, batch_sizes=(1000,), widths=(1,), depths=(1,), steps=20, warmup=3,
+              precision="float32"):
     peak = matmul_peak_gflops(device)
     rows = []
     for dataset in datasets:
@@ -151,10 +146,12 @@ def run_bench(datasets, optimizers, device, batch_sizes=(1000,), widths=(1,), de
                     group = []
                     for name in dict.fromkeys(("sgd", "rmsprop", *optimizers)):
                         try:
-                            row = measure(dataset, name, device, batch_size, steps, warmup, width, depth)
+                            row = measure(dataset, name, device, batch_size, steps, warmup, width, depth,
+                                          precision=precision)
                         except Exception as err:  # noqa: BLE001 - one broken optimizer must not hide the others
+                            why = "not offered" if "precision=" in str(err) else "error"
                             row = {"dataset": dataset, "optimizer": name, "batch_size": batch_size,
-                                   "width_multiplier": width, "depth_multiplier": depth, "status": f"error: {err}"}
+                                   "width_multiplier": width, "depth_multiplier": depth, "status": f"{why}: {err}"}
                         group.append(row)
                         print(_format_row(row), flush=True)
                     base = {r["optimizer"]: r.get("ms_per_step") for r in group}
@@ -243,6 +240,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (e.g. 1, as the CPU campaign's workers)")
     parser.add_argument("--replace", action="store_true", help="overwrite this device's existing table "
                         "(default: write the new one beside it, with a time stamp)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matmuls (Ampere and later GPUs; the runner's tf32=true)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="bf16: forward and backward under "
+                        "bf16 autocast, as the runner's precision=bf16 (gradient optimizers only)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -252,10 +252,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     unknown = set(args.optimizers) - set(optimizer_names())
     if unknown:
         raise SystemExit(f"unknown optimizer(s) {sorted(unknown)}; choose from {', '.join(optimizer_names())}")
-    name = device_name(device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    name = device_name(device, bench=True) + "".join(
+        f" {opt}" for opt, on in (("tf32", args.tf32), ("bf16", args.precision == "bf16")) if on)
     load_before = load_average()
     peak, rows = run_bench(args.datasets, args.optimizers, device, tuple(args.batch_sizes), steps=steps,
-                           warmup=args.warmup)
+                           warmup=args.warmup, precision=args.precision)
     if args.scaling:
         widths = (2, 4) if "mnist" in args.datasets else (1, 2, 4)  # width 1 is in the main table already
         for multipliers in [dict(widths=widths), dict(depths=(2, 4))]:
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print("\n" + table)
     if busy:
         warnings.warn(busy)
-    atomic_write_json(out / f"{stem}.json", {"device": name, "matmul_peak_gflops": peak, "torch": torch.__version__,
+    atomic_write_json(out / f"{stem}.json", {"device": name, "tf32": bool(args.tf32), "precision": args.precision,
+                                             "matmul_peak_gflops": peak, "torch": torch.__version__,
                                              "steps": steps, "warmup": args.warmup, "load_average": load,
                                              "busy": bool(busy), "rows": rows})
     atomic_write_text(out / f"{stem}.md", table)

@@ -9,11 +9,14 @@ interrupted run resumes where it stopped with the numbers of an uninterrupted on
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -43,6 +46,29 @@ class PruneRun(Exception):
 
     The run ends with status 'pruned': its files are written, its checkpoint deleted, and the
     same config run again starts afresh."""
+
+
+class StopRun(Exception):
+    """The process was asked to stop (SIGTERM: a deadline, a scheduler's preemption). The run ends
+    with status 'stopped' and keeps its last epoch checkpoint, so running it again resumes it."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """While the block runs, SIGTERM raises StopRun (only in the main thread, where Python runs
+    signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise StopRun(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class RunFailed(RuntimeError):
@@ -291,7 +317,7 @@ def start_run(cfg: DictConfig) -> Run:
     optimizer = make_optimizer(model, OmegaConf.to_container(cfg.optimizer, resolve=True))
     schedule = Schedule.from_config(cfg.schedule, int(cfg.epochs))
     return Run(cfg=cfg, run_dir=run_dir_for(cfg), device=device, data=data, model=model, optimizer=optimizer,
-               step=make_step(model, optimizer), schedule=schedule, n_epochs=schedule.trained_epochs(cfg.stop_epoch),
+               step=make_step(model, optimizer, str(cfg.precision)), schedule=schedule, n_epochs=schedule.trained_epochs(cfg.stop_epoch),
                steps_per_epoch=n_train // batch_size,  # the notebook drops the last partial batch
                data_rng=torch.Generator(device=device), base_lrs=[g["lr"] for g in optimizer.param_groups])
 
@@ -302,7 +328,7 @@ def prepare(run: Run) -> None:
     run.load_start = load_average()
     atomic_write_text(run.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     _throwaway_steps(run.model, OmegaConf.to_container(cfg.optimizer, resolve=True),
-                     run.data.train[:int(cfg.batch_size)], int(cfg.throwaway_steps))
+                     run.data.train[:int(cfg.batch_size)], int(cfg.throwaway_steps), str(cfg.precision))
     if cfg.compile:
         run.step = compiled_step(run.step)
     if cfg.cuda_graph:
@@ -349,44 +375,47 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
     run = start_run(cfg)
     with RunLock(run.run_dir):
         status, reason = "running", None
-        try:
-            prepare(run)
-            for row in run.rows[1:] if on_epoch is not None else []:  # a resumed run replays its epochs
-                on_epoch(row["epoch"], run.epoch_loss(row), True)
-            for epoch in run.epochs():
-                lr = run.set_lr(epoch)
-                train_loss, seconds = run.train_epoch(epoch)
-                run.record(run.evaluate(epoch, lr, train_loss, seconds))
-                reason = run.divergence()
-                if reason:
-                    status = "diverged"
-                    break
-                if on_epoch is not None:
-                    on_epoch(epoch, run.epoch_loss(run.rows[-1]), False)
-                run.checkpoint()
-            else:
-                status = run.end_status()
-        except PruneRun as stop:
-            status, reason = "pruned", str(stop) or None
-        except Exception as err:  # noqa: BLE001 - record, then let the caller decide
-            diverged = _numerical_failure(err, run.model)
-            status = "diverged" if diverged else "failed"
-            reason = f"{'non-finite values: ' if diverged else ''}{type(err).__name__}: {err}"
-            if not diverged:
-                traceback.print_exc()
+        with stop_on_sigterm():  # a deadline or a scheduler ends the run as stopped, resumable
+            try:
+                prepare(run)
+                for row in run.rows[1:] if on_epoch is not None else []:  # a resumed run replays its epochs
+                    on_epoch(row["epoch"], run.epoch_loss(row), True)
+                for epoch in run.epochs():
+                    lr = run.set_lr(epoch)
+                    train_loss, seconds = run.train_epoch(epoch)
+                    run.record(run.evaluate(epoch, lr, train_loss, seconds))
+                    reason = run.divergence()
+                    if reason:
+                        status = "diverged"
+                        break
+                    if on_epoch is not None:
+                        on_epoch(epoch, run.epoch_loss(run.rows[-1]), False)
+                    run.checkpoint()
+                else:
+                    status = run.end_status()
+            except PruneRun as stop:
+                status, reason = "pruned", str(stop) or None
+            except StopRun as stop:
+                status, reason = "stopped", f"{stop} after epoch {run.rows[-1]['epoch'] if run.rows else 0}"
+            except Exception as err:  # noqa: BLE001 - record, then let the caller decide
+                diverged = _numerical_failure(err, run.model)
+                status = "diverged" if diverged else "failed"
+                reason = f"{'non-finite values: ' if diverged else ''}{type(err).__name__}: {err}"
+                if not diverged:
+                    traceback.print_exc()
         summary = run.finish(status, reason)
     print(f"[{status}] {run.run_dir}" + (f" ({reason})" if reason else ""))
     return summary
 
 
-def _throwaway_steps(model, optimizer_cfg: dict[str, Any], batch, n_steps: int) -> None:
+def _throwaway_steps(model, optimizer_cfg: dict[str, Any], batch, n_steps: int, precision: str = "float32") -> None:
     """Run a few steps on a throw-away copy of the model with its own optimizer, so one-time
     costs (allocator, kernel selection, lazy initialisation) stay out of the first epoch's
     wall-clock without touching the real trajectory."""
     if n_steps <= 0:
         return
     model_copy = copy.deepcopy(model)
-    step = make_step(model_copy, make_optimizer(model_copy, optimizer_cfg))
+    step = make_step(model_copy, make_optimizer(model_copy, optimizer_cfg), precision)
     for _ in range(n_steps):
         step(batch)
     _sync(batch.device)

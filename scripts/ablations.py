@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
-from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.train import train
+from benchmarks.config import CONFIG_DIR
 from scripts import figures
+from scripts.plan import InProcess, Plan, PlannedRun
 
 ABLATION_DIR = CONFIG_DIR / "ablation"
 
@@ -40,9 +40,14 @@ def grid(name: str) -> list[list[str]]:
     return [list(point) for point in itertools.product(*axes)]
 
 
+def ablation_plan(name: str, overrides: list[str] = (), results: str = "results") -> Plan:
+    """The runs of one ablation (the grid of configs/ablation/<name>.yaml) as a plan."""
+    return Plan([PlannedRun([f"+ablation={name}", f"results_dir={results}", "progress=false", *point, *overrides],
+                            f"{name}: {' '.join(point)}") for point in grid(name)], title=f"ablation {name}")
+
+
 def ablation_configs(name: str, overrides: list[str] = (), results: str = "results") -> list[DictConfig]:
-    return [compose_config([f"+ablation={name}", f"results_dir={results}", "progress=false", *point, *overrides])
-            for point in grid(name)]
+    return [run.cfg for run in ablation_plan(name, overrides, results).runs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,14 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=ablation_names(), choices=ablation_names())
     parser.add_argument("--results", default="results")
     parser.add_argument("--no-train", action="store_true", help="only draw the figures of finished runs")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs, their state and cost; run nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --), e.g. dataset=mnist")
     args = parser.parse_args(argv)
+    plans = [ablation_plan(name, args.overrides, args.results) for name in args.only]
+    if args.dry_run:
+        text, status = Plan([run for plan in plans for run in plan.runs], "ablations").describe(args.results)
+        print(text)
+        return status
     failed = 0
-    for name in args.only:
-        configs = ablation_configs(name, args.overrides, args.results)
-        for cfg in configs if not args.no_train else []:
-            failed += train(cfg)["status"] == "failed"
-        group = str(configs[0].group)
+    for plan in plans:
+        if not args.no_train:
+            failed += sum(status.startswith("failed") for status in InProcess().run(plan).values())
+        group = str(plan.runs[0].cfg.group)
         figures.main(["--results", args.results, "--group", group, "--ablation",
                       "--out", str(Path(args.results) / "figures" / group)])
     return 1 if failed else 0

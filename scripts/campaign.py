@@ -38,7 +38,7 @@ from benchmarks.results import read_summary
 from benchmarks.rundir import RunInUse, run_dir_for
 from benchmarks.train import train
 from scripts.ablations import ablation_configs, ablation_names
-from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, work
+from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, describe_searches, work
 
 
 class Runs:
@@ -46,6 +46,11 @@ class Runs:
 
     def __init__(self, dataset: str, configs: Callable[[], list[DictConfig]]):
         self.dataset, self.configs = dataset, configs
+
+    def describe(self, ms: dict) -> tuple[str, float | None]:
+        states = [(read_summary(run_dir_for(cfg)) or {}).get("status") for cfg in self.configs()]
+        left = sum(s not in SEED_DONE for s in states)
+        return f"{self.dataset}: {len(states) - left}/{len(states)} runs done", None
 
     def step(self) -> str:
         busy = False
@@ -69,18 +74,18 @@ def published_default_runs(dataset: str, optimizer: str, results: str, seeds: ra
     return Runs(dataset, configs)
 
 
-def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
+def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned", create: bool = True) -> list:
     """The plan of the shipped CPU reference comparison (see the module docstring)."""
     curves_dir, mnist_dir, faces_dir = f"{root}/curves_synth", f"{root}/mnist", f"{root}/faces_synth"
     note = "CPU reference campaign (scripts/campaign.py cpu-reference)"
     paper = paper_optimizers()
     baselines = [o for o in paper if optimizer_info(o)["family"] != "local_loss"]
     curves = [Search("curves_synth", o, curves_dir, Protocol(trials=16, seeds=3), tuned_dir=tuned_dir,
-                     export_as="curves", note=note) for o in paper]
-    mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=3), tuned_dir=tuned_dir, note=note)
+                     export_as="curves", note=note, create=create) for o in paper]
+    mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=3), tuned_dir=tuned_dir, note=note, create=create)
              for o in (*baselines, "locoprop_s")]
     faces = [Search("faces_synth", o, faces_dir, Protocol(trials=8, seeds=3), tuned_dir=tuned_dir,
-                    export_as="faces", note=note) for o in paper]
+                    export_as="faces", note=note, create=create) for o in paper]
     return [*curves,
             published_default_runs("mnist", "locoprop_m", mnist_dir, range(3), eval_every=5),
             *mnist,
@@ -91,7 +96,7 @@ def ablation_runs(name: str, results: str) -> Runs:
     return Runs("curves_synth", lambda: ablation_configs(name, results=results))
 
 
-def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
+def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned", create: bool = True) -> list:
     """LocoProp's relatives and ablations beside the reference comparison: DTP and FOOF searched with
     the same protocol and budget as the paper's optimizers (CURVES-like: 16 trials; MNIST and
     FACES-like: 8 trials; 3 seeds of each winner), and the LocoProp ablations on the CURVES-like data."""
@@ -99,21 +104,21 @@ def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results
     relatives = ("foof", "dtp")
     searches = lambda dataset, trials, export_as=None: [  # noqa: E731
         Search(dataset, o, f"{root}/{dataset}", Protocol(trials=trials, seeds=3), tuned_dir=tuned_dir,
-               export_as=export_as, note=note) for o in relatives]
+               export_as=export_as, note=note, create=create) for o in relatives]
     return [*searches("curves_synth", 16, "curves"),
             *(ablation_runs(name, f"{root}/curves_synth") for name in ablation_names()),
             *searches("mnist", 8),
             *searches("faces_synth", 8, "faces")]
 
 
-def cpu_modern(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned") -> list:
+def cpu_modern(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned", create: bool = True) -> list:
     """Optimizers a practitioner would compare against today, apart from the paper's (the 'modern'
     family: Muon, SOAP, Schedule-Free AdamW), with the reference protocol and budget of each data
     set (CURVES-like: 16 trials; FACES-like and MNIST: 8; 3 seeds of each winner)."""
     note = "CPU reference campaign (scripts/campaign.py cpu-modern)"
     modern = [n for n in optimizer_names() if optimizer_info(n)["family"] == "modern"]
     return [Search(dataset, o, f"{root}/{dataset}", Protocol(trials=trials, seeds=3), tuned_dir=tuned_dir,
-                   export_as=export_as, note=note)
+                   export_as=export_as, note=note, create=create)
             for dataset, trials, export_as in (("curves_synth", 16, "curves"), ("faces_synth", 8, "faces"),
                                                ("mnist", 8, None))
             for o in modern]
@@ -122,10 +127,10 @@ def cpu_modern(root: str = "results/reference/cpu", tuned_dir: str = "results/tu
 PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives, "cpu-modern": cpu_modern}
 
 
-def plan_items(plan: str, only: str | None = None) -> list:
+def plan_items(plan: str, only: str | None = None, create: bool = True) -> list:
     """The items of a plan, or only those of one data set (a campaign split across machines or
     commits: e.g. the CURVES-like half finished at one commit, the MNIST half resumed at another)."""
-    items = PLANS[plan]()
+    items = PLANS[plan](create=create)
     if only is None:
         return items
     kept = [item for item in items if item.dataset == only]
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--dry-run", action="store_true", help="say where every item stands and what is left")
     args = parser.parse_args(argv)
     if args.plan == "collect":
         collect(args.source, args.root, args.tuned_from)
@@ -215,6 +221,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.dry_run:
+        items = plan_items(args.plan, args.only, create=False)
+        print(describe_searches([item for item in items if isinstance(item, Search)]))
+        for item in items:
+            if isinstance(item, Runs):
+                print("  " + item.describe({})[0])
+        return
     children = []
     if args.workers > 1:
         cmd = [sys.executable, "-m", "scripts.campaign", args.plan, "--workers", "1"]

@@ -15,9 +15,8 @@ import time
 
 import pandas as pd
 
-from benchmarks.config import compose_config
-from benchmarks.train import train
 from scripts import figures, summary as summary_script
+from scripts.plan import InProcess, Plan, PlannedRun
 
 SETTING = ["dataset=curves_synth", "dataset.n_train=2000", "dataset.n_test=500", "batch_size=100", "epochs=30",
            "logger=disabled", "group=demo"]
@@ -25,15 +24,20 @@ OPTIMIZERS = {"locoprop_m": [], "kfac": [],
               "rmsprop": ["optimizer.lr=1e-3", "optimizer.alpha=0.9", "optimizer.momentum=0.9"]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/demo")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs, their state and cost; run nothing")
     args = parser.parse_args(argv)
+    plan = Plan([PlannedRun([*SETTING, f"optimizer={name}", f"results_dir={args.results}", *extra], name)
+                 for name, extra in OPTIMIZERS.items()], "the demo")
+    if args.dry_run:
+        text, status = plan.describe(args.results)
+        print(text)
+        return status
     start = time.perf_counter()
-    for name, extra in OPTIMIZERS.items():
-        cfg = compose_config([*SETTING, f"optimizer={name}", f"results_dir={args.results}", *extra])
-        summary = train(cfg)
-        print(f"{name}: {summary['status']}, final train cross-entropy {summary['final_train_ce']:.1f}")
+    for name, status in InProcess().run(plan).items():
+        print(f"{name}: {status}")
     figures.main(["--results", args.results, "--group", "demo", "--out", f"{args.results}/figures"])
     summary_script.main(["--results", args.results, "--group", "demo", "--out", args.results])
     table = pd.read_csv(f"{args.results}/summary.csv")
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + table.round(1).to_string(index=False))
     print(f"\nfigures in {args.results}/figures (e.g. curves_synth_reconstructions.png); "
           f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -45,7 +45,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._stale_trial_callback = stale_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self.set_trial_system_attr(trial_id, self.HEARTBEAT_KEY, time.time())
+        try:
+            self.set_trial_system_attr(trial_id, self.HEARTBEAT_KEY, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:  # given up for lost: its worker learns it at its next epoch
+            pass
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()

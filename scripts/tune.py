@@ -50,19 +50,22 @@ from optuna.trial import TrialState
 from benchmarks.config import compose_config
 from benchmarks.optimizers import paper_optimizers, search_space as optimizer_search_space
 from benchmarks.results import best_trial, mean_std, read_summary
-from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, git_commit,
+from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, device_name, git_commit,
                                run_dir_for)
 from benchmarks.schedule import Schedule
-from benchmarks.train import PruneRun, threshold_exit, train
+from benchmarks.train import PruneRun, StopRun, resolve_device, threshold_exit, train
 from benchmarks.workloads import get_workload
 from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
-from scripts.storage import (GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, fail_lost_trials, heartbeat, open_storage,
+from scripts.plan import Plan, PlannedRun, bench_for
+from scripts.storage import (GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, JOURNAL_PREFIX, fail_lost_trials, heartbeat,
+                             open_storage,
                              retried_trial_number, storage_label)
 
 TRIAL_GROUP, FINAL_GROUP = "tune", "final"
 SEED_DONE = (*FINAL_STATUSES, "stopped", "failed")  # a seed run in one of these is not run again
 RUN_OVERRIDES = ("logger=disabled", "progress=false")
+LOST = "given up for lost by the study"  # a trial whose heartbeat came too late; its retry resumes the run
 
 
 # ----------------------------------------------------------------------------- search space
@@ -127,20 +130,23 @@ class Search:
     def __init__(self, dataset: str, optimizer: str, results: str | Path = "results", protocol: Protocol | None = None,
                  storage: str | None = None, tuned_dir: str | Path = "results/tuned", export_as: str | None = None,
                  note: str = "", heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S,
-                 wandb: bool = False):
+                 wandb: bool = False, create: bool = True):
         self.dataset, self.optimizer = dataset, optimizer
         self.results = Path(results)
         self.protocol = protocol or Protocol()
         self.space = search_space(optimizer)
         folder = self.results / "tuning" / dataset
-        folder.mkdir(parents=True, exist_ok=True)
         self.db_path = folder / f"{optimizer}.db"
         self.storage_url = storage or f"sqlite:///{self.db_path}"
         self.lock_path = folder / f"{optimizer}.lock"
         self.tuned_path = Path(tuned_dir) / (export_as or dataset) / f"{optimizer}.yaml"
         self.export_as, self.note, self.wandb = export_as, note, wandb
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
-        self.study = self._open_study()
+        # create=False (a dry run) opens an existing study and creates nothing: no study, no search yet
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        exists = create or study_exists(self.storage_url, f"{dataset}-{optimizer}")
+        self.study = self._open_study() if exists else None
 
     # -- study
     def _open_study(self) -> optuna.Study:
@@ -227,7 +233,10 @@ class Search:
         def on_epoch(epoch: int, loss: float, replayed: bool) -> None:
             nonlocal best
             best = min(best, loss)
-            trial.report(loss, epoch)
+            try:
+                trial.report(loss, epoch)
+            except optuna.exceptions.UpdateFinishedTrialError:  # its heartbeat came too late: given up for lost
+                raise StopRun(LOST) from None
             reason = threshold_exit(rules, loss, best, epoch)
             if reason:
                 raise PruneRun(f"notebook exit: {reason}")
@@ -240,14 +249,29 @@ class Search:
                 raise PruneRun(f"successive halving at epoch {epoch} (loss {loss:.4g})")
 
         print(f"[tune] {self.study.study_name}: trial {trial.number} {values}", flush=True)
-        try:
-            with heartbeat(trial):
-                summary = train(cfg, on_epoch=on_epoch)
-        except RunInUse:  # the same settings are running in another worker right now
-            trial.set_user_attr("status", "duplicate of a running trial")
-            self.study.tell(trial, state=TrialState.FAIL)
-            return "duplicate"
+        waited = 0.0
+        while True:
+            try:
+                with heartbeat(trial):
+                    summary = train(cfg, on_epoch=on_epoch)
+                break
+            except RunInUse:
+                # a retry whose first worker still holds the run: the study gave it up for lost too
+                # early (a loaded machine delayed its heartbeat); that worker stops at its next epoch
+                if waited > 2 * self.grace_period:
+                    trial.set_user_attr("status", "its run stayed locked by another worker")
+                    self.study.tell(trial, state=TrialState.FAIL)
+                    return "locked"
+                time.sleep(5.0)
+                waited += 5.0
         status = summary["status"]
+        if status == "stopped" and LOST in str(summary.get("reason")):
+            print(f"[tune] {self.study.study_name}: trial {trial.number} was given up for lost; its retry resumes it")
+            return "lost"
+        if status == "stopped" and "by signal" in str(summary.get("reason")):
+            # this worker is being ended (a deadline, a preempted job): leave the trial running, so that
+            # its heartbeat stops and another worker resumes it from its checkpoint
+            raise SystemExit(f"[tune] {self.study.study_name}: trial {trial.number} {summary['reason']}")
         trial.set_user_attr("status", status)
         trial.set_user_attr("reason", summary.get("reason"))
         try:
@@ -258,7 +282,7 @@ class Search:
             else:
                 trial.set_user_attr("error", summary.get("reason"))
                 self.study.tell(trial, state=TrialState.FAIL)
-        except (RuntimeError, ValueError) as err:  # declared lost meanwhile (heartbeat too old) and retried
+        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError) as err:  # given up for lost meanwhile
             print(f"[tune] {self.study.study_name}: trial {trial.number} was already closed ({err})")
         return status
 
@@ -333,6 +357,27 @@ class Search:
                 self.export()
                 return "export"
         return "done"
+
+    def describe(self, ms: dict) -> tuple[str, float | None]:
+        """One line of a dry run: trials against the budget, the winner's seeds, and what is left to
+        train (trials still to draw priced as full-length runs: an upper bound under pruning)."""
+        full_run = PlannedRun([f"dataset={self.dataset}", f"optimizer={self.optimizer}", *self.protocol.overrides], "")
+        one = Plan([full_run]).estimates(ms)[""]
+        price = (lambda runs: f"; left: at most {one * runs / 3600:.2f} h" if one is not None  # noqa: E731
+                 else "; left: unknown cost (no bench)")
+        if self.study is None:
+            runs = self.protocol.trials + self.protocol.seeds - 1
+            return (f"{self.dataset}-{self.optimizer}: not started ({self.protocol.trials} trials, then "
+                    f"{self.protocol.seeds - 1} more seeds){price(runs)}"), None if one is None else one * runs
+        ended = len(self.trials(TrialState.COMPLETE, TrialState.PRUNED))
+        running = len(self.trials(TrialState.RUNNING, TrialState.WAITING))
+        left_trials = max(0, self.protocol.trials - ended)
+        seeds = [s for s in self.seed_statuses() if s in SEED_DONE] if self.best() is not None else []
+        left_seeds = max(0, self.protocol.seeds - 1 - max(0, len(seeds) - 1))  # seed 0 is the winning trial
+        line = (f"{self.study.study_name}: {ended}/{self.protocol.trials} trials ended"
+                + (f" ({running} running)" if running else "") + f", {len(seeds)}/{self.protocol.seeds} seeds done, "
+                + ("exported" if self.exported() else "not exported") + price(left_trials + left_seeds))
+        return line, None if one is None else one * (left_trials + left_seeds)
 
     def exported(self) -> tuple[int, list[int]] | None:
         """(best trial, seeds) of the tuned config on disk when it comes from this study."""
@@ -487,6 +532,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                         "than this has lost its worker: it is failed and its setting run again")
     parser.add_argument("--wandb", action="store_true", help="log every trial and seed to W&B (logger=wandb), "
                         "grouped by study, named by trial")
+    parser.add_argument("--dry-run", action="store_true", help="say where each search stands and what is left")
     parser.add_argument("--export-as", default=None, help="data set the tuned config is for, when the search ran on "
                         "a stand-in (e.g. search curves_synth, export as curves); recorded in the provenance")
     parser.add_argument("--note", default="", help="free text stored in the provenance")
@@ -501,6 +547,11 @@ def main(argv: list[str] | None = None) -> Path | None:
     names = paper_optimizers() if args.optimizer == "paper" else [args.optimizer]
     if args.storage and len(names) > 1:
         raise SystemExit("--storage names one study: give one --optimizer with it")
+    if args.dry_run:  # describes what exists, creates nothing
+        print(describe_searches([Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
+                                        tuned_dir=args.tuned_dir, export_as=args.export_as, create=False)
+                                 for name in names]))
+        return None
     searches = [Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
                        tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note,
                        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wandb=args.wandb)
@@ -515,6 +566,29 @@ def main(argv: list[str] | None = None) -> Path | None:
             for child in children:
                 child.wait()
     return searches[-1].tuned_path if searches[-1].tuned_path.exists() else None
+
+
+def study_exists(storage_url: str, name: str) -> bool:
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
+        return False
+    if storage_url.startswith(JOURNAL_PREFIX) and not Path(storage_url[len(JOURNAL_PREFIX):]).exists():
+        return False
+    return name in optuna.get_all_study_names(open_storage(storage_url))
+
+
+def describe_searches(searches: list["Search"]) -> str:
+    """A dry run of searches: each one's state and the training left, priced by this device's bench."""
+    device = device_name(resolve_device("auto"), bench=True)
+    table, ms = bench_for(device, "results")  # the repository's bench tables, wherever the studies live
+    lines = [f"{len(searches)} searches on {device}; costs from "
+             + (f"bench table {table}" if table else "no bench table of this device (make bench)")]
+    total = 0.0
+    for search in searches:
+        line, cost = search.describe(ms)
+        lines.append("  " + line)
+        total += cost or 0.0
+    lines.append(f"left in all: at most {total / 3600:.2f} h of training (pruning cuts most trials short)")
+    return "\n".join(lines)
 
 
 def run_worker(argv: list[str]) -> None:

@@ -122,7 +122,7 @@ def test_collect_takes_a_tuned_config_only_when_newer(tmp_path, source_date, tar
 @pytest.mark.slow
 def test_a_plan_can_be_cut_to_one_dataset(monkeypatch, tmp_path):
     monkeypatch.setitem(campaign.PLANS, "cpu-reference",
-                        lambda: campaign.cpu_reference(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned")))
+                        lambda create=True: campaign.cpu_reference(root=str(tmp_path), tuned_dir=str(tmp_path / "tuned"), create=create))
     full = campaign.PLANS["cpu-reference"]()
     mnist = campaign.plan_items("cpu-reference", "mnist")
     assert {item.dataset for item in mnist} == {"mnist"}

@@ -52,11 +52,11 @@ def tune_cli(tmp_path: Path, storage: str, *extra: str, trials: int = TRIALS, ep
     return [sys.executable, "-m", "scripts.tune", "--dataset", "curves_synth", "--optimizer", "sgd",
             "--trials", str(trials), "--seeds", "1", "--eval-every", "5", "--min-resource", "1000", "--no-exits",
             "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), "--storage", storage,
-            "--heartbeat-interval", "1", "--grace-period", "3", *extra, "--", *TINY_RUN, f"epochs={epochs}"]
+            "--heartbeat-interval", "1", "--grace-period", "6", *extra, "--", *TINY_RUN, f"epochs={epochs}"]
 
 
 def load(storage: str) -> optuna.Study:
-    return optuna.load_study(study_name="curves_synth-sgd", storage=open_storage(storage, 1, 3))
+    return optuna.load_study(study_name="curves_synth-sgd", storage=open_storage(storage, 1, 6))
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The tuning protocol: persistent studies that survive kills, pruning, shared workers, export."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -249,3 +250,46 @@ def test_when_no_trial_completes_the_furthest_pruned_one_is_validated_at_full_le
     assert source["winner"].startswith("no trial completed") and source["validation"]["statuses"] == ["finished"] * 2
     for run in source["validation"]["runs"]:
         assert yaml.safe_load((search.results / run / "summary.json").read_text())["epochs_completed"] == 7
+
+
+def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path, monkeypatch):
+    """A loaded machine delays a live trial's heartbeat past the grace period: another worker fails
+    it and enqueues it again. The live worker must then stop at its next epoch (not crash, not tell),
+    leaving the run's checkpoint to the retry, which resumes it to the uninterrupted numbers."""
+    import scripts.tune as tune
+    from scripts.storage import fail_lost_trials
+
+    search = tiny_search(tmp_path, trials=1, seeds=1, grace_period=1)
+    search.study.enqueue_trial({"optimizer.lr": 0.05})
+    real_train = tune.train
+
+    def train_given_up_at_epoch_3(cfg, on_epoch):
+        def judged(epoch, loss, replayed):
+            if epoch == 3 and not replayed:
+                time.sleep(1.5)  # the heartbeat thread is stopped below: the trial looks dead
+                fail_lost_trials(search.study)
+            on_epoch(epoch, loss, replayed)
+        return real_train(cfg, on_epoch=judged)
+
+    @contextlib.contextmanager
+    def one_beat(trial):  # a heartbeat thread starved after its first beat
+        search.study._storage.record_heartbeat(trial._trial_id)
+        yield
+
+    monkeypatch.setattr(tune, "heartbeat", one_beat)
+    monkeypatch.setattr(tune, "train", train_given_up_at_epoch_3)
+    assert search.step() == "trial"  # the first worker's attempt: it stops, it does not tell
+    first = search.study.get_trials()[0]
+    assert first.state == TrialState.FAIL and "error" not in first.user_attrs
+    run = search.results / first.user_attrs["run_dir"]
+    assert yaml.safe_load((run / "summary.json").read_text())["status"] == "stopped" and (run / "checkpoint.pt").exists()
+    monkeypatch.setattr(tune, "train", real_train)
+    assert search.step() == "trial"  # the retry
+    retry = search.study.get_trials()[1]
+    assert retried_trial_number(retry) == 0 and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["run_dir"] == first.user_attrs["run_dir"]
+    clean = compose_config(["dataset=curves_synth", "optimizer=sgd", "optimizer.lr=0.05", *TINY, "eval_every=2",
+                            f"results_dir={tmp_path / 'clean'}", "logger=disabled", "progress=false"])
+    train(clean)
+    pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv")[COLUMNS],
+                                  pd.read_csv(run_dir_for(clean) / "metrics.csv")[COLUMNS])
