@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -38,6 +37,7 @@ from benchmarks.results import read_summary
 from benchmarks.rundir import RunInUse, run_dir_for
 from benchmarks.train import train
 from scripts.ablations import ablation_configs, ablation_names
+from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
 from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, describe_searches, work
 
 
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", default=None, help="with 'collect': the folder a campaign writes elsewhere")
     parser.add_argument("--tuned-from", default=None, help="with 'collect': that campaign's tuned-config folder")
     parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (one per core at most)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    add_launch_args(parser)
     parser.add_argument("--dry-run", action="store_true", help="say where every item stands and what is left")
     args = parser.parse_args(argv)
     if args.plan == "collect":
@@ -228,17 +228,21 @@ def main(argv: list[str] | None = None) -> None:
             if isinstance(item, Runs):
                 print("  " + item.describe({})[0])
         return
-    children = []
-    if args.workers > 1:
-        cmd = [sys.executable, "-m", "scripts.campaign", args.plan, "--workers", "1"]
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        cmd += ["--only", args.only] if args.only else []
-        children = [subprocess.Popen(cmd) for _ in range(args.workers - 1)]
+    launch = settings_from(args)
+    if launch.launcher != "processes":
+        wait(submit(run_worker, argv, launch, args.root))
+        return
+    children = spawn_processes("scripts.campaign", argv, launch.workers - 1)
     try:
         work(plan_items(args.plan, args.only))
     finally:
         for child in children:
             child.wait()
+
+
+def run_worker(argv: list[str]) -> None:
+    """One worker of a campaign (what a submitit job calls)."""
+    main(argv)
 
 
 if __name__ == "__main__":
