@@ -206,7 +206,8 @@ def test_resumed_trial_is_not_judged_again_at_rungs_it_already_passed(tmp_path, 
     assert first_good.state == TrialState.COMPLETE
     assert all(first_good.intermediate_values[e] < killed.intermediate_values[e] for e in (2, 6))
 
-    time.sleep(1.5)  # the killed trial's heartbeat is older than the grace period: its worker counts as gone
+    # the killed trial's heartbeat is older than the grace period (in SQLite's whole seconds): its worker is gone
+    time.sleep(2.1)
     assert search.step() == "trial"
     trials = search.study.get_trials()
     retry = [t for t in trials if retried_trial_number(t) == killed.number]
@@ -266,7 +267,9 @@ def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path
     def train_given_up_at_epoch_3(cfg, on_epoch):
         def judged(epoch, loss, replayed):
             if epoch == 3 and not replayed:
-                time.sleep(1.5)  # the heartbeat thread is stopped below: the trial looks dead
+                # the heartbeat thread is stopped below: the trial looks dead once its last beat is more
+                # than the 1 s grace period old. SQLite's clock has whole seconds, so 2.1 s are needed
+                time.sleep(2.1)
                 fail_lost_trials(search.study)
             on_epoch(epoch, loss, replayed)
         return real_train(cfg, on_epoch=judged)
