@@ -20,6 +20,7 @@ optimizers of the 'modern' family (Muon, SOAP, Schedule-Free AdamW), apart from 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import sqlite3
 import sys
@@ -34,10 +35,11 @@ from omegaconf import DictConfig
 from benchmarks.config import compose_config
 from benchmarks.optimizers import optimizer_info, optimizer_names, paper_optimizers
 from benchmarks.results import read_summary
-from benchmarks.rundir import RunInUse, run_dir_for
+from benchmarks.rundir import RunInUse, atomic_write_text, run_dir_for
 from benchmarks.train import train
 from scripts.ablations import ablation_configs, ablation_names
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
+from scripts.sampler import describe as describe_sampler
 from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, describe_searches, work
 
 
@@ -197,9 +199,29 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu", tune
         if date and date >= _export_date(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+            restate_sampler(target)
             copied += 1
     print(f"collected {copied} files from {source} into {root}")
     return copied
+
+
+def restate_sampler(tuned: Path) -> None:
+    """Describe a collected tuned config's sampler from its study's trials: a campaign running older
+    code describes the sampler of its code, not necessarily the one that drew the study's trials."""
+    text = tuned.read_text()
+    body = yaml.safe_load(text)
+    source = body.get("tuned_source", {})
+    study = Path(str(source.get("study", "")))
+    if not study.suffix == ".db" or not study.is_file():
+        return
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study}")
+    loaded = optuna.load_study(study_name=source["study_name"], storage=storage)
+    protocol = {**Protocol().as_dict(), **loaded.user_attrs.get("protocol", {})}
+    described = describe_sampler(loaded.get_trials(deepcopy=False), protocol["startup_trials"], protocol["sampler_seed"])
+    if source.get("sampler") != described:
+        source["sampler"] = described
+        header = "".join(line + "\n" for line in itertools.takewhile(lambda l: l.startswith("#"), text.splitlines()))
+        atomic_write_text(tuned, header + yaml.safe_dump(body, sort_keys=False))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -87,3 +87,21 @@ class KeyedTPESampler(optuna.samplers.BaseSampler):
                            param_distribution: BaseDistribution) -> Any:
         """Only for a parameter outside the declared space (none in the harness's own searches)."""
         return self._tpe(study, trial).sample_independent(study, trial, param_name, param_distribution)
+
+
+def describe(trials: list[FrozenTrial], startup_trials: int, seed: int) -> str:
+    """How a study's drawn trials were drawn, read from the trials themselves (a tuned config's
+    provenance): the keyed sampler marks every trial it draws, so a study begun with the older
+    count-seeded sampler says so even when code of today exports it. Enqueued settings (retries,
+    settings fixed by hand) were drawn by nobody and are not counted."""
+    drawn = [t for t in trials if not t.system_attrs.get("fixed_params") and t.params]
+    keyed = sum(t.user_attrs.get("sampler") == SAMPLER_NAME for t in drawn)
+    tpe = f"optuna TPE ({startup_trials} random start-up trials, multivariate)"
+    count_seeded = (f"seeded with {seed} + the number of trials so far (the same draws in every study; a "
+                    "setting could repeat)")
+    if keyed == len(drawn):
+        return f"{tpe}, each trial drawn from a stream keyed by seed {seed}, study and trial number"
+    if keyed == 0:
+        return f"{tpe} {count_seeded}"
+    return (f"{tpe}: {len(drawn) - keyed} trials {count_seeded}, then {keyed} from streams keyed by seed {seed}, "
+            "study and trial number")

@@ -55,7 +55,7 @@ from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atom
 from benchmarks.schedule import Schedule
 from benchmarks.train import PruneRun, StopRun, resolve_device, threshold_exit, train
 from benchmarks.workloads import get_workload
-from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions
+from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions, describe as describe_sampler
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
 from scripts.plan import Plan, PlannedRun, bench_for
 from scripts.storage import (GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, JOURNAL_PREFIX, fail_lost_trials, heartbeat,
@@ -415,8 +415,7 @@ class Search:
             "search_space": self.space,
             "budget_trials": p.trials,
             "trials": counts,
-            "sampler": (f"optuna TPE ({p.startup_trials} random start-up trials, multivariate), each trial drawn from "
-                        f"a stream keyed by seed {p.sampler_seed}, study and trial number"),
+            "sampler": describe_sampler(self.trials(), p.startup_trials, p.sampler_seed),
             "pruner": (f"successive halving (min {p.min_resource} epochs, reduction factor {p.reduction_factor}) on the "
                        "running train loss" + ("; the notebook's exits" if p.exits else "")),
             "trial_run": (f"{cfg.dataset.name} n_train={cfg.dataset.n_train or 'all'}, batch {cfg.batch_size}, "

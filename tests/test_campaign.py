@@ -6,6 +6,7 @@ import sqlite3
 import optuna
 import pytest
 import yaml
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from benchmarks.optimizers import paper_optimizers
@@ -117,6 +118,31 @@ def test_collect_takes_a_tuned_config_only_when_newer(tmp_path, source_date, tar
     after = (tmp_path / "tuned_dst" / "curves" / "sgd.yaml").read_text()
     assert (after == (tmp_path / "tuned_src" / "curves" / "sgd.yaml").read_text()) is copied
     assert (after == before) is (not copied)
+
+
+def test_collect_states_the_sampler_that_drew_the_study_not_the_one_of_the_exporting_code(tmp_path):
+    """A campaign running older code exports its own sampler's name; the collected config names the
+    sampler its study's trials record (here: none of them drawn by the keyed one)."""
+    db = tmp_path / "dst" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db"
+    db.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name="curves_synth-sgd", storage=f"sqlite:///{db}")
+    for k in range(3):
+        study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 0.1 * (k + 1)}, value=float(k),
+                                                  distributions={"optimizer.lr": FloatDistribution(1e-3, 1.0)}))
+    claimed = {"study": str(db), "study_name": "curves_synth-sgd", "date": "2026-11-29T20:00:00Z",
+               "sampler": "optuna TPE (5 random start-up trials, multivariate), each trial drawn from a keyed stream"}
+    exported = tmp_path / "tuned_src" / "curves" / "sgd.yaml"
+    exported.parent.mkdir(parents=True)
+    exported.write_text("# @package _global_\n# Tuned config\n" + yaml.safe_dump({"optimizer": {"lr": 0.1},
+                                                                                     "tuned_source": claimed}))
+    (tmp_path / "src").mkdir()
+    campaign.collect(tmp_path / "src", root=tmp_path / "dst", tuned_from=tmp_path / "tuned_src",
+                     tuned_dir=tmp_path / "tuned_dst")
+    text = (tmp_path / "tuned_dst" / "curves" / "sgd.yaml").read_text()
+    assert text.startswith("# @package _global_\n# Tuned config\noptimizer:\n")
+    source = yaml.safe_load(text)["tuned_source"]
+    assert "seeded with 0 + the number of trials so far" in source["sampler"] and "keyed" not in source["sampler"]
+    assert {k: v for k, v in source.items() if k != "sampler"} == {k: v for k, v in claimed.items() if k != "sampler"}
 
 
 @pytest.mark.slow

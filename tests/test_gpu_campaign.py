@@ -46,7 +46,7 @@ def test_tiny_rehearsal_keeps_its_budget_and_stops_the_last_run_cleanly(tmp_path
         names = tar.getnames()
     assert "cpu-tiny/plan.json" in names
     assert any(n.endswith("checkpoint.pt") and f"/{stopped[0]}/" in n for n in names)
-    for name in ("summary.md", "README.md", f"figures/curves_synth_train_vs_epoch.png"):
+    for name in ("summary.md", "README.md", "figures/curves_synth_train_vs_epoch.png"):
         assert (out / name).exists(), name
 
 

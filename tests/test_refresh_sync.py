@@ -2,7 +2,6 @@
 the same numbers as a plain layer-by-layer refresh (written out here), and, on a GPU, one sync."""
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest

@@ -78,3 +78,33 @@ def test_one_workers_search_is_reproducible_from_its_seed(tmp_path):
     other_seed = run_search(search(tmp_path, folder="seed1", sampler_seed=1), 6)
     assert once == again
     assert not {p["optimizer.lr"] for p in once} & {p["optimizer.lr"] for p in other_seed}
+
+
+def _trial(number, keyed=None, fixed=False):
+    from optuna.distributions import FloatDistribution
+    trial = optuna.trial.create_trial(params={"optimizer.lr": 0.01 * (number + 1)},
+                                      distributions={"optimizer.lr": FloatDistribution(1e-4, 1.0, log=True)},
+                                      value=1.0, user_attrs={"sampler": SAMPLER_NAME} if keyed else {},
+                                      system_attrs={"fixed_params": {"optimizer.lr": 0.01}} if fixed else {})
+    trial.number = number
+    return trial
+
+
+def test_the_sampler_description_is_read_from_the_trials_not_from_the_code():
+    """A tuned config names the sampler that drew its study's trials: a study begun with the older
+    count-seeded sampler says so even when today's code exports it; enqueued settings count for neither."""
+    from scripts.sampler import describe
+    keyed = describe([_trial(0, keyed=True), _trial(1, keyed=True), _trial(2, fixed=True)], 5, 0)
+    assert keyed.endswith("each trial drawn from a stream keyed by seed 0, study and trial number")
+    old = describe([_trial(0), _trial(1), _trial(2, fixed=True)], 5, 7)
+    assert "seeded with 7 + the number of trials so far" in old and "keyed" not in old
+    mixed = describe([_trial(0), _trial(1, keyed=True), _trial(2, keyed=True)], 5, 0)
+    assert mixed.startswith("optuna TPE (5 random start-up trials, multivariate): 1 trials seeded with 0 + ")
+    assert mixed.endswith("then 2 from streams keyed by seed 0, study and trial number")
+
+
+def test_a_fresh_search_exports_the_keyed_description(tmp_path):
+    s = search(tmp_path, trials=3)
+    run_search(s, 3)
+    from scripts.sampler import describe
+    assert describe(s.trials(), 3, 0).endswith("keyed by seed 0, study and trial number")
