@@ -64,6 +64,14 @@ def config_path(name: str) -> Path:
     return CONFIG_DIR / "optimizer" / f"{name}.yaml"
 
 
+def family_of(name: str) -> str:
+    """An optimizer's family; 'other' for a name no config defines (runs of a private optimizer)."""
+    try:
+        return optimizer_info(name)["family"]
+    except ValueError:
+        return "other"
+
+
 def optimizer_info(name: str) -> dict[str, Any]:
     """The harness keys of one optimizer's config, defaults filled in."""
     path = config_path(name)

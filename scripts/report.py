@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from benchmarks.optimizers import family_of
 from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, load_runs, mean_std,
                                 optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
                                 workload_of, write_json, write_text)
@@ -41,7 +42,7 @@ BENCH = Path("results/bench/intel_xeon_processor_family_6_model_167_x1.json")
 DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tuning.md")
 RELATIVES_DOC = Path("docs/locoprop_vs_target_propagation.md")
 SCALING_DOC = Path("docs/scaling.md")
-BATCH, TRAINED_EPOCHS = 1000, 99  # the reference protocol's batch and trained epochs
+BATCH, TRAINED_EPOCHS, SEEDS = 1000, 99, 3  # the reference protocol's batch, trained epochs and seeds per row
 NOISE_P = 0.05  # a gap is told apart from seed noise when Welch's t-test gives p below this
 EDGE = 0.05  # a winner within this fraction of a range's ends (log scale where searched so) is at the edge
 DASH = "—"
@@ -77,16 +78,12 @@ def steps_per_run(dataset: str, n_train: int | None = None) -> int:
     return (n_train or workload_of(dataset).n_train) // BATCH * TRAINED_EPOCHS
 
 
-def family(name: str) -> str:
-    return optimizer_info(name)["family"] if _known(name) else "other"
-
-
 def ranked(table: pd.DataFrame, primary: str) -> pd.DataFrame:
     """The paper's field (its optimizers and LocoProp's relatives) by mean final train loss, ranked,
     rows without a finished seed last; then the modern family, apart, each with the rank it would
     take in the paper's field (`rank_among`)."""
     column = f"final_{primary}_mean"
-    out = table.assign(_key=table[column].fillna(np.inf), _modern=[family(o) == "modern" for o in table["optimizer"]])
+    out = table.assign(_key=table[column].fillna(np.inf), _modern=[family_of(o) == "modern" for o in table["optimizer"]])
     out = out.sort_values(["_modern", "_key", "optimizer"])
     field = out.loc[~out["_modern"], "_key"].to_numpy(float)
     out["rank"] = [None] * len(out)
@@ -183,7 +180,7 @@ def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict
     paper = steps_per_run(w.architecture)
     intro = (f"**{results.label}** (`{results.name}`): {steps:,} steps per run at batch {BATCH} over "
              f"{TRAINED_EPOCHS} epochs (the paper's {workload_of(w.architecture).label}: {paper:,}). "
-             f"Target: {fmt(target)} (1.05 x the best mean final train {unit}). "
+             f"Target: {fmt(target)} (1.05 x the best mean final train {unit} of the paper's field). "
              f"Loss: {_loss_words(primary)}; mean ± sample std over the seeds.")
     return intro + "\n\n" + "\n".join(lines)
 
@@ -252,7 +249,7 @@ def verdicts(results: WorkloadResults) -> str:
     table = everything[everything["rank"].notna()]
     if table.empty:
         return "Every optimizer of the paper's field diverged."
-    families = {o: family(o) for o in everything["optimizer"]}
+    families = {o: family_of(o) for o in everything["optimizer"]}
     best_of = {f: next((o for o in finished["optimizer"] if families[o] == f), None)
                for f in ("first_order", "second_order", "modern")}
     lines = [f"- Lowest final train loss: {_label(table['optimizer'].iloc[0])}"
@@ -289,7 +286,7 @@ def relatives_table(all_results: list[WorkloadResults]) -> str:
     for results in all_results:
         w = workload_of(results.name)
         table = ranked(results.table, w.primary_metric)
-        families = {o: (optimizer_info(o)["family"] if _known(o) else "other") for o in table["optimizer"]}
+        families = {o: family_of(o) for o in table["optimizer"]}
         finished = table[table["rank"].notna()]
         best = [next((o for o in finished["optimizer"] if families[o] == f), None)
                 for f in ("first_order", "second_order")]
@@ -357,7 +354,19 @@ def comparison_table(all_results: list[WorkloadResults]) -> pd.DataFrame:
     return frame.set_index("optimizer").loc[order].reset_index()
 
 
-def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults]) -> str:
+def progress_text(study: dict | None) -> str:
+    """What a row without finished runs is waiting for: its search (trials ended of its budget)."""
+    if not study or not study["trials"]:
+        return "not run"
+    ended = sum(t["state"] in ("COMPLETE", "PRUNED") for t in study["trials"])
+    budget = (study.get("protocol") or {}).get("trials")
+    return f"searching ({ended} of {budget} trials)" if budget else f"searching ({ended} trials)"
+
+
+def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults],
+                        studies: dict[tuple[str, str], dict] | None = None) -> str:
+    """The cross-workload table; a row with fewer seeds than the protocol's says how many it has, and
+    one not run yet on a workload says how far its search is (`studies`: by data set and optimizer)."""
     head = ["optimizer", "family"]
     for results in all_results:
         head += [f"{results.label}: rank", "final train loss", "epochs / bench s to target"]
@@ -369,12 +378,13 @@ def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults])
         for results in all_results:
             n = results.name
             if f"{n}_rank" not in r or pd.isna(r.get(f"{n}_n_seeds")):
-                cells += [DASH, "not run", DASH]
+                cells += [DASH, progress_text((studies or {}).get((n, r["optimizer"]))), DASH]
                 continue
             cells.append(rank_text(pd.Series({"rank": r[f"{n}_rank"], "rank_among": r[f"{n}_rank_among"]})))
-            diverged = int(r[f"{n}_n_diverged"])
+            diverged, seeds = int(r[f"{n}_n_diverged"]), int(r[f"{n}_n_seeds"])
             final = fmt_mean_std(r[f"{n}_final_mean"], r[f"{n}_final_std"])
-            cells.append(final + (f" ({diverged}/{int(r[f'{n}_n_seeds'])} diverged)" if diverged else ""))
+            final += f" ({diverged}/{seeds} diverged)" if diverged else ""
+            cells.append(final + (f" ({seeds} of {SEEDS} seeds)" if seeds < SEEDS else ""))
             epochs, seconds = r[f"{n}_epochs_to_target"], r[f"{n}_bench_s_to_target"]
             cells.append(f"{fmt(epochs, 0)} / {fmt(seconds, 0)}" if epochs == epochs else DASH)
         cells.append(f"{int(r['within_5pct'])} of {int(r['workloads'])}")
@@ -557,7 +567,7 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.6g")
     write_text(target_root / "comparison.csv", buffer.getvalue())
-    headline = "\n\n".join([comparison_markdown(frame, all_results),
+    headline = "\n\n".join([comparison_markdown(frame, all_results, by_key),
                             f"Final train loss after {TRAINED_EPOCHS} epochs, mean ± std over the seeds; rank by "
                             f"that mean among the paper's optimizers and LocoProp's relatives (a modern optimizer's "
                             f"rank in parentheses: where it would stand among them); time to target: epochs and steps x quiet bench ms/step ({device}). "

@@ -55,3 +55,20 @@ def test_gap_verdicts_follow_welchs_test():
     assert report.welch_p([1.0, 1.1, 0.9], [5.0, 5.1, 4.9]) < 1e-3  # far apart: larger than noise
     assert report.welch_p([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) > 0.5  # overlapping: noise
     assert report.welch_p([1.0], [2.0, 3.0]) != report.welch_p([1.0], [2.0, 3.0])  # NaN: one seed
+
+
+def test_a_row_not_finished_says_how_far_it_is():
+    """A workload's cell without runs names its search's progress; a row with fewer seeds than the
+    protocol says how many it has, so a bare number is never mistaken for a mean over three."""
+    trials = [{"state": s} for s in ("COMPLETE", "PRUNED", "PRUNED", "RUNNING", "FAIL")]
+    study = {"trials": trials, "protocol": {"trials": 8}}
+    assert report.progress_text(study) == "searching (3 of 8 trials)"
+    assert report.progress_text(None) == "not run" and report.progress_text({"trials": []}) == "not run"
+    results = report.load_workloads(report.ROOT, report.bench_ms_per_step(report.BENCH))
+    frame = report.comparison_table(results).set_index("optimizer")
+    first, second = results[0].name, results[1].name
+    frame.loc["sgd", f"{first}_n_seeds"] = 1
+    frame.loc["sgd", f"{second}_n_seeds"] = float("nan")
+    text = report.comparison_markdown(frame.reset_index(), results, {(second, "sgd"): study})
+    line = next(l for l in text.splitlines() if l.startswith("| SGD |"))
+    assert f"(1 of {report.SEEDS} seeds)" in line and "| searching (3 of 8 trials) |" in line

@@ -216,3 +216,14 @@ def test_rows_say_where_they_were_measured_only_when_the_machines_differ(results
     cells = {row.split(" | ")[0].strip("| "): row.split(" | ")[column] for row in rows}
     assert cells["Adam"] == "cpu (1 threads) on AMD EPYC"
     assert {v for k, v in cells.items() if k != "Adam"} == {"cpu (2 threads)"}
+
+
+def test_the_default_target_is_set_by_the_papers_field_not_by_the_modern_family():
+    """A modern optimizer that beats the paper's field is measured against the paper's target; it
+    sets the target only where nothing else ran."""
+    def runs(*rows):
+        return pd.DataFrame([{"dataset": "curves_synth", "optimizer": o, "config_id": o, "status": "finished",
+                              "final_train_ce": v} for o, v in rows])
+    field_and_modern = runs(("kfac", 40.0), ("kfac", 42.0), ("muon", 30.0), ("sgd", 100.0))
+    assert summary.default_targets(field_and_modern) == {"curves_synth": pytest.approx(1.05 * 41.0)}
+    assert summary.default_targets(runs(("muon", 30.0), ("muon", 32.0))) == {"curves_synth": pytest.approx(1.05 * 31.0)}
