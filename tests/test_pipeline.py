@@ -63,13 +63,11 @@ def test_every_paper_pair_ships_a_tuned_config_with_provenance():
             cfg = compose_config([f"tuned={dataset}/{optimizer}"])
             assert cfg.dataset.name == dataset and cfg.optimizer.name == optimizer
             source = cfg.tuned_source
-            assert source.kind in ("search", "published_default", "legacy_short_search")
+            assert source.kind in ("search", "published_default")
             if source.kind == "search":  # the full-length protocol: its study, budget and validated seeds
                 assert source.study_name and source.search_space and source.budget_trials and source.validation.seeds
-            elif source.kind == "published_default":
+            else:
                 assert source.reference
-            else:  # an earlier short search, kept until the full-length one replaces it, and saying so
-                assert source.superseded_by
 
 
 def test_committed_results_name_no_path_of_a_machine():
