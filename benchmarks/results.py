@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.optimizers import default_style, label as optimizer_label, optimizer_info, optimizer_names, search_space
+from benchmarks.optimizers import (default_style, family_of, label as optimizer_label, optimizer_info, optimizer_names,
+                                   search_space)
 from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, LATER_DEFAULTS,
                                atomic_write_json, atomic_write_text, config_hash, read_summary)
 from benchmarks.workloads import WORKLOADS, Workload
@@ -40,7 +41,7 @@ LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
 
 __all__ = ["HEALTHY", "WORKLOAD_ORDER", "bench_device", "bench_tables", "best_trial", "read_studies", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
            "read_summary", "workload_of", "mean_std", "load_reconstructions", "optimizer_label",
-           "optimizer_info", "optimizer_names", "search_space", "default_style"]
+           "optimizer_info", "optimizer_names", "search_space", "default_style", "family_of"]
 
 
 def workload_of(dataset: str) -> Workload:

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.optimizers import family_of
-from benchmarks.results import (HEALTHY, bench_ms_per_step, load_runs_or_explain, mean_std, provenance, run_devices,
+from benchmarks.results import (HEALTHY, family_of, bench_ms_per_step, load_runs_or_explain, mean_std, provenance, run_devices,
                                 run_record, workload_of, write_json, write_text)
 
 LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
