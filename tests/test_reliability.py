@@ -202,11 +202,15 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
-def test_a_resumed_offline_run_continues_the_same_wandb_run(tmp_path, capsys):
+def test_a_resumed_offline_run_continues_the_same_wandb_run(tmp_path, capsys, recwarn):
     pytest.importorskip("wandb")
-    common = ["optimizer=adam", "epochs=6", "logger=wandb", "logger.mode=offline", "logger.log_steps=false"]
+    # a generous init timeout: on a loaded machine W&B's service can start slowly, and a timed-out
+    # init (rightly) trains on without W&B, which is not what this test is about
+    common = ["optimizer=adam", "epochs=6", "logger=wandb", "logger.mode=offline", "logger.log_steps=false",
+              "logger.init_timeout=300"]
     train(tiny_cfg(tmp_path, *common, "stop_epoch=2"))
     summary = train(tiny_cfg(tmp_path, *common, "stop_epoch=4"))  # resumes from epoch 2
+    assert not [str(w.message) for w in recwarn if "W&B" in str(w.message)]
     folders = sorted((tmp_path / summary["run_dir"] / "wandb").glob("offline-run-*"))
     assert len(folders) == 2
     epochs, ids = [], set()
