@@ -396,9 +396,9 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
             except PruneRun as stop:
                 status, reason = "pruned", str(stop) or None
             except StopRun as stop:
-                # the first line only: a signal caught inside OmegaConf comes back with its key path appended
-                said = str(stop).splitlines()[0] if str(stop) else "stopped"
-                status, reason = "stopped", f"{said} after epoch {run.rows[-1]['epoch'] if run.rows else 0}"
+                while isinstance(stop.__cause__, StopRun):  # OmegaConf re-raises a signal it caught, wordier
+                    stop = stop.__cause__
+                status, reason = "stopped", f"{stop} after epoch {run.rows[-1]['epoch'] if run.rows else 0}"
             except Exception as err:  # noqa: BLE001 - record, then let the caller decide
                 diverged = _numerical_failure(err, run.model)
                 status = "diverged" if diverged else "failed"

@@ -31,8 +31,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import (HEALTHY, family_of, WORKLOAD_ORDER, bench_device, bench_ms_per_step, load_runs, mean_std,
-                                optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
+from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, family_of, load_runs,
+                                mean_std, optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
                                 workload_of, write_json, write_text)
 from scripts import figures, scaling, summary
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import (HEALTHY, family_of, bench_ms_per_step, load_runs_or_explain, mean_std, provenance, run_devices,
-                                run_record, workload_of, write_json, write_text)
+from benchmarks.results import (HEALTHY, bench_ms_per_step, family_of, load_runs_or_explain, mean_std, provenance,
+                                run_devices, run_record, workload_of, write_json, write_text)
 
 LOSSES = ("train_ce", "test_ce", "train_se", "test_se")
 DEFAULT_TARGET_FACTOR = 1.05

@@ -17,7 +17,7 @@ import pytest
 from benchmarks import speed
 from benchmarks.config import compose_config
 from benchmarks.rundir import read_summary, run_dir_for
-from benchmarks.train import threshold_exit, train
+from benchmarks.train import StopRun, threshold_exit, train
 from benchmarks.workloads import NOTEBOOK_EXITS
 from scripts import reproduce
 
@@ -201,6 +201,18 @@ def _wandb_records(path: Path) -> list:
         if kind in (1, 4):
             records.append(pb.Record.FromString(pending))
     return records
+
+
+def test_a_signal_re_raised_by_omegaconf_keeps_its_own_reason(tmp_path):
+    """OmegaConf catches an exception raised while it reads a key and raises a new one of the same type
+    with the key path in its message, the original as its cause: the run's reason is the original's."""
+    def on_epoch(epoch, loss, replayed):
+        if epoch == 1:
+            signalled = StopRun("stopped by signal SIGTERM")
+            raise StopRun(f"{signalled}\n    full_key: batch_size\n    object_type=dict") from signalled
+
+    summary = train(tiny_cfg(tmp_path, "optimizer=adam", "epochs=6"), on_epoch=on_epoch)
+    assert (summary["status"], summary["reason"]) == ("stopped", "stopped by signal SIGTERM after epoch 1")
 
 
 def test_a_resumed_offline_run_continues_the_same_wandb_run(tmp_path, capsys, recwarn):
