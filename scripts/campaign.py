@@ -126,7 +126,85 @@ def cpu_modern(root: str = "results/reference/cpu", tuned_dir: str = "results/tu
             for o in modern]
 
 
-PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives, "cpu-modern": cpu_modern}
+# The setting that plays the learning rate's role where an optimizer searches no `optimizer.lr`
+# (K-FAC adapts its step from the quadratic model; its damping sets the step's scale) or where the
+# issue of scale lies elsewhere (FOOF's damping divides its step).
+LR_ROLE = {"kfac": "optimizer.damping", "foof": "optimizer.damping"}
+SENSITIVITY_GROUP = "sensitivity"
+
+
+def winner_values(root: str | Path, dataset: str, optimizer: str) -> dict | None:
+    """The winning setting of a committed study (None when there is none yet)."""
+    db = Path(root) / dataset / "tuning" / dataset / f"{optimizer}.db"
+    if not db.is_file():
+        return None
+    study = optuna.load_study(study_name=f"{dataset}-{optimizer}", storage=f"sqlite:///{db}")
+    from benchmarks.results import best_trial
+    trials = study.get_trials(deepcopy=False)
+    ended = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    if len(ended) < study.user_attrs.get("protocol", {}).get("trials", 0):  # still searching
+        return None
+    best = best_trial(trials)
+    return dict(best.params) if best is not None else None
+
+
+def sensitivity_runs(dataset: str, optimizer: str, key: str, values: list, root: str, eval_every: int = 5) -> Runs:
+    """Seed-0 full-length runs of the winner of `dataset` x `optimizer` with `key` set to each of
+    `values` (given the winner's setting, returns them), everything else at the winner."""
+    from scripts.tune import overrides_for
+
+    def configs() -> list[DictConfig]:
+        base = winner_values(root, dataset, optimizer)
+        if base is None:
+            return []
+        cfgs = []
+        for value in values(base):
+            setting = {**base, key: value}
+            cfgs.append(compose_config([f"dataset={dataset}", f"optimizer={optimizer}", "seed=0",
+                                        f"group={SENSITIVITY_GROUP}", f"results_dir={root}/{dataset}",
+                                        f"eval_every={eval_every}", *RUN_OVERRIDES, *overrides_for(setting)]))
+        return cfgs
+    return Runs(dataset, configs)
+
+
+def _base_value(dataset: str, optimizer: str, key: str, base: dict) -> float:
+    if key in base:
+        return base[key]
+    cfg = compose_config([f"dataset={dataset}", f"optimizer={optimizer}"])
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def cpu_sensitivity(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned", create: bool = True) -> list:
+    """How much each winner loses off its optimum: its learning rate (or LR_ROLE) times 1/4, 1/2, 2, 4 on
+    CURVES-like (every optimizer) and 1/2, 2 on MNIST (eight), then LocoProp's gamma and inner steps."""
+    def scaled(dataset, optimizer, key, factors):
+        return lambda base: [_base_value(dataset, optimizer, key, base) * f for f in factors]
+
+    def steps(dataset, optimizer, factors):
+        return lambda base: [max(1, round(_base_value(dataset, optimizer, "optimizer.inner_steps", base) * f))
+                             for f in factors]
+
+    wide, narrow = (0.25, 0.5, 2.0, 4.0), (0.5, 2.0)
+    curves = sorted(p.stem for p in (Path(root) / "curves_synth/tuning/curves_synth").glob("*.db"))
+    items = [sensitivity_runs("curves_synth", o, LR_ROLE.get(o, "optimizer.lr"),
+                              scaled("curves_synth", o, LR_ROLE.get(o, "optimizer.lr"), wide), root) for o in curves]
+    for o in ("locoprop_m", "locoprop_s"):
+        items.append(sensitivity_runs("curves_synth", o, "optimizer.gamma", scaled("curves_synth", o, "optimizer.gamma", wide), root))
+        items.append(sensitivity_runs("curves_synth", o, "optimizer.inner_steps", steps("curves_synth", o, wide), root))
+    mnist = ("locoprop_s", "kfac", "shampoo", "rmsprop", "adam", "muon", "soap", "locoprop_m")
+    items += [sensitivity_runs("mnist", o, LR_ROLE.get(o, "optimizer.lr"),
+                               scaled("mnist", o, LR_ROLE.get(o, "optimizer.lr"), narrow), root) for o in mnist]
+    for o in ("locoprop_m", "locoprop_s"):
+        items.append(sensitivity_runs("mnist", o, "optimizer.gamma", scaled("mnist", o, "optimizer.gamma", narrow), root))
+        items.append(sensitivity_runs("mnist", o, "optimizer.inner_steps", steps("mnist", o, narrow), root))
+    return items
+
+
+PLANS = {"cpu-reference": cpu_reference, "cpu-relatives": cpu_relatives, "cpu-modern": cpu_modern,
+         "cpu-sensitivity": cpu_sensitivity}
 
 
 def plan_items(plan: str, only: str | None = None, create: bool = True) -> list:
