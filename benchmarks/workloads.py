@@ -71,6 +71,13 @@ class Workload:
         return data.default_root(self.data_dir) if self.data_dir else Path(".")
 
     @property
+    def seed_draws_data(self) -> bool:
+        """Whether a run's seed draws the data too (a generator), not only the initialisation and the
+        batch order (files): then seed k of every optimizer trains on the same data, and two
+        optimizers' seeds are compared in pairs."""
+        return not hasattr(self.loader, "canonical_split")
+
+    @property
     def primary_metric(self) -> str:
         """The training loss the paper plots: cross-entropy, or squared error for linear outputs."""
         return "train_ce" if self.loss_kind == "bernoulli" else "train_se"

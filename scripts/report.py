@@ -34,6 +34,8 @@ import pandas as pd
 from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, family_of, load_runs,
                                 mean_std, optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
                                 workload_of, write_json, write_text)
+from benchmarks.plateau import PLATEAU_FILE, plateau_of, plateau_record
+from benchmarks.statistics import gap_standard_error, seed_test
 from scripts import figures, scaling, summary
 
 ROOT = Path("results/reference/cpu")
@@ -42,9 +44,11 @@ DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tu
 RELATIVES_DOC = Path("docs/locoprop_vs_target_propagation.md")
 SCALING_DOC = Path("docs/scaling.md")
 BATCH, TRAINED_EPOCHS, SEEDS = 1000, 99, 3  # the reference protocol's batch, trained epochs and seeds per row
-NOISE_P = 0.05  # a gap is told apart from seed noise when Welch's t-test gives p below this
+NOISE_P = 0.05  # a gap is told apart from seed noise when the seed test (benchmarks.statistics) gives p below this
+STALL_MARGIN = 0.01  # a run has left the mean-image plateau once its best loss is this fraction below it
 EDGE = 0.05  # a winner within this fraction of a range's ends (log scale where searched so) is at the edge
 DASH = "—"
+VERSION_MARK = "‡"  # a row whose seeds ran at several commits or thread counts (see the provenance)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class WorkloadResults:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     table: pd.DataFrame  # benchmarks' summary rows, one per optimizer
+    plateau: dict  # the mean-image plateau record (benchmarks.plateau)
 
     @property
     def label(self) -> str:
@@ -107,23 +112,46 @@ def rank_text(row: pd.Series) -> str:
     return DASH
 
 
-def welch_p(a: Iterable[float], b: Iterable[float]) -> float:
-    """Two-sided p-value of Welch's t-test (NaN when either side has fewer than two values)."""
-    from scipy import stats
-
-    a, b = np.asarray(list(a), float), np.asarray(list(b), float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    if np.var(a, ddof=1) == 0 and np.var(b, ddof=1) == 0:
-        return 0.0 if a.mean() != b.mean() else 1.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def finals(results: WorkloadResults, optimizer: str) -> list[float]:
+def finals(results: WorkloadResults, optimizer: str) -> dict[int, float]:
+    """Seed -> final train loss of an optimizer's healthy runs."""
     primary = workload_of(results.name).primary_metric
     own = results.runs[(results.runs["optimizer"] == optimizer) & results.runs["status"].isin(HEALTHY)]
-    return [float(v) for v in own[f"final_{primary}"]]
+    return {int(seed): float(v) for seed, v in zip(own["seed"], own[f"final_{primary}"])}
+
+
+def stalled_rows(results: WorkloadResults) -> set[str]:
+    """Optimizers none of whose healthy seeds ever got measurably below the mean-image plateau of
+    its data (best train loss above (1 - STALL_MARGIN) x the plateau); unjudged where the plateau is
+    unknown."""
+    primary = workload_of(results.name).primary_metric
+    stalled = set()
+    healthy = results.runs[results.runs["status"].isin(HEALTHY)]
+    for optimizer, own in healthy.groupby("optimizer"):
+        levels = [plateau_of(results.plateau, int(seed)) for seed in own["seed"]]
+        if own.empty or any(level is None for level in levels):
+            continue
+        if all(best >= (1 - STALL_MARGIN) * level for best, level in zip(own[f"best_{primary}"], levels)):
+            stalled.add(optimizer)
+    return stalled
+
+
+def mixed_versions(results: WorkloadResults) -> dict[str, str]:
+    """Optimizers whose seeds ran at more than one commit or on more than one device/thread count,
+    with what differs: their rows carry a mark that points to the provenance."""
+    out = {}
+    for optimizer, own in results.runs.groupby("optimizer"):
+        commits = set(own["git_commit"].fillna("unknown").str[:7])
+        devices = set(own["device"].fillna("unknown"))
+        parts = ([f"{len(commits)} commits"] if len(commits) > 1 else []) + \
+                ([f"{len(devices)} devices or thread counts"] if len(devices) > 1 else [])
+        if parts:
+            out[optimizer] = " and ".join(parts)
+    return out
+
+
+def seed_test_of(results: WorkloadResults, a: str, b: str) -> tuple[float, str]:
+    """p and the test's name for a against b on this workload (paired where seeds share data)."""
+    return seed_test(finals(results, a), finals(results, b), workload_of(results.name).seed_draws_data)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -135,7 +163,8 @@ def load_workloads(root: Path, bench: dict) -> list[WorkloadResults]:
         if runs.empty:
             continue
         table = summary.summarize(runs, metrics, bench=bench)
-        out.append(WorkloadResults(name, root / name, runs, metrics, table))
+        plateau = plateau_record(root / name, name, sorted({int(s) for s in runs["seed"]}))
+        out.append(WorkloadResults(name, root / name, runs, metrics, table, plateau))
     return out
 
 
@@ -154,6 +183,7 @@ def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict
     primary, test = w.primary_metric, w.test_metric
     unit = "CE" if primary.endswith("ce") else "SE"
     table = ranked(results.table, primary)
+    stalled, mixed = stalled_rows(results), mixed_versions(results)
     sgd = table.loc[table["optimizer"] == "sgd", "bench_ms_per_step"]
     sgd_ms = float(sgd.iloc[0]) if len(sgd) else math.nan
     head = ["rank", "optimizer", "family", "seeds (diverged)", f"final train {unit}", f"final test {unit}",
@@ -163,12 +193,12 @@ def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict
         info = optimizer_info(r["optimizer"]) if _known(r["optimizer"]) else {"label": r["optimizer"], "family": "other"}
         study = studies.get((results.name, r["optimizer"]))
         setting = setting_text(study["winner"]["params"]) if study and study.get("winner") else "published defaults"
-        reach = ""
-        if r["n_reached_target"] and r["n_reached_target"] < r["n_healthy"]:
-            reach = f" ({int(r['n_reached_target'])}/{int(r['n_healthy'])})"
+        reach = reach_text(r["n_reached_target"], r["n_healthy"])
+        marks = (" (stalled)" if r["optimizer"] in stalled else "") + \
+            (f" {VERSION_MARK}" if r["optimizer"] in mixed else "")
         lines.append("| " + " | ".join([
             rank_text(r), info["label"], info["family"].replace("_", "-"), f"{int(r['n_seeds'])} ({int(r['n_diverged'])})",
-            fmt_mean_std(r[f"final_{primary}_mean"], r[f"final_{primary}_std"]),
+            fmt_mean_std(r[f"final_{primary}_mean"], r[f"final_{primary}_std"]) + marks,
             fmt_mean_std(r[f"final_{test}_mean"], r[f"final_{test}_std"]),
             fmt(r.get("bench_ms_per_step", math.nan), 0), fmt(r.get("bench_ms_per_step", math.nan) / sgd_ms),
             (fmt(r["epochs_to_target"], 1) + reach) if r["n_reached_target"] else DASH,
@@ -180,8 +210,28 @@ def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict
     intro = (f"**{results.label}** (`{results.name}`): {steps:,} steps per run at batch {BATCH} over "
              f"{TRAINED_EPOCHS} epochs (the paper's {workload_of(w.architecture).label}: {paper:,}). "
              f"Target: {fmt(target)} (1.05 x the best mean final train {unit} of the paper's field). "
-             f"Loss: {_loss_words(primary)}; mean ± sample std over the seeds.")
+             f"Loss: {_loss_words(primary)}; mean ± sample std over the seeds. "
+             + seed_words(results) + " " + plateau_words(results))
     return intro + "\n\n" + "\n".join(lines)
+
+
+def seed_words(results: WorkloadResults) -> str:
+    """What a seed changes on this workload, and so which test compares two rows."""
+    if workload_of(results.name).seed_draws_data:
+        return ("Seed k draws the data (train and test sets) as well as the initialisation and the batch "
+                "order, so seed k of every optimizer trains on the same data: rows are compared by a paired "
+                "t-test over the seeds.")
+    return ("The data is fixed; seed k draws the initialisation and the batch order: rows are compared by "
+            "Welch's t-test.")
+
+
+def plateau_words(results: WorkloadResults) -> str:
+    levels = sorted(results.plateau.get("by_seed", {}).values())
+    if not levels:
+        return "The mean-image plateau is unknown here (no data at hand): no row is judged stalled."
+    level = fmt(levels[0]) if levels[0] == levels[-1] else f"{fmt(levels[0])} to {fmt(levels[-1])}"
+    return (f"Predicting the mean training image scores {level}; a row marked (stalled) never got "
+            f"{STALL_MARGIN:.0%} below it.")
 
 
 def _known(name: str) -> bool:
@@ -199,22 +249,28 @@ def _loss_words(primary: str) -> str:
 
 def gaps_table(results: WorkloadResults) -> str:
     """Each optimizer against the next one down the ranking: the gap, its standard error, and
-    whether seed noise alone could explain it (Welch's t-test)."""
+    whether seed noise alone could explain it (the test that matches how the seeds were drawn:
+    benchmarks.statistics). No verdict between two stalled rows: neither has left the plateau."""
     primary = workload_of(results.name).primary_metric
+    paired = workload_of(results.name).seed_draws_data
     table = ranked(results.table, primary)
     table = table[table["rank"].notna()]
-    head = ["better", "worse", "gap", "standard error", "Welch p", "verdict"]
+    head = ["better", "worse", "gap", "standard error", "p", "test", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = list(table.itertuples(index=False))
+    stalled = stalled_rows(results)
     for a, b in zip(rows, rows[1:]):
-        ma, sa, na = mean_std(finals(results, a.optimizer))
-        mb, sb, nb = mean_std(finals(results, b.optimizer))
-        se = math.sqrt((sa ** 2 / na if na > 1 else math.nan) + (sb ** 2 / nb if nb > 1 else math.nan))
-        p = welch_p(finals(results, a.optimizer), finals(results, b.optimizer))
+        fa, fb = finals(results, a.optimizer), finals(results, b.optimizer)
+        gap = mean_std(fb.values())[0] - mean_std(fa.values())[0]
+        if a.optimizer in stalled and b.optimizer in stalled:
+            lines.append("| " + " | ".join([_label(a.optimizer), _label(b.optimizer), fmt(gap), DASH, DASH, DASH,
+                                             "none: both stalled on the plateau"]) + " |")
+            continue
+        p, test = seed_test(fa, fb, paired)
         verdict = ("fewer than two seeds: noise unknown" if not math.isfinite(p) else
                    "larger than seed noise" if p < NOISE_P else "within seed noise")
-        lines.append("| " + " | ".join([_label(a.optimizer), _label(b.optimizer), fmt(mb - ma), fmt(se),
-                                         fmt(p, 3), verdict]) + " |")
+        lines.append("| " + " | ".join([_label(a.optimizer), _label(b.optimizer), fmt(gap),
+                                         fmt(gap_standard_error(fa, fb, paired)), fmt(p, 3), test, verdict]) + " |")
     return "\n".join(lines)
 
 
@@ -226,17 +282,21 @@ def _label(name: str) -> str:
     return optimizer_info(name)["label"] if _known(name) else name
 
 
-def compare(results: WorkloadResults, a: str, b: str) -> str:
-    """'lower than', 'higher than' or 'within seed noise of': a's final train loss against b's."""
-    p = welch_p(finals(results, a), finals(results, b))
-    ma, mb = mean_std(finals(results, a))[0], mean_std(finals(results, b))[0]
+def p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def compare(results: WorkloadResults, a: str, b: str) -> tuple[str, str]:
+    """('lower than', 'higher than' or 'within seed noise of'; the test behind it): a's final train
+    loss against b's."""
+    p, test = seed_test_of(results, a, b)
+    ma, mb = mean_std(finals(results, a).values())[0], mean_std(finals(results, b).values())[0]
     if not (math.isfinite(ma) and math.isfinite(mb)):
-        return "not comparable with (a side has no finished seed)"
+        return "not comparable with", " (a side has no finished seed)"
     if not math.isfinite(p):
-        return ("lower than" if ma < mb else "higher than") + " (one seed: noise unknown)"
-    if p >= NOISE_P:
-        return "within seed noise of"
-    return "lower than" if ma < mb else "higher than"
+        return ("lower than" if ma < mb else "higher than"), " (one seed: noise unknown)"
+    words = "within seed noise of" if p >= NOISE_P else "lower than" if ma < mb else "higher than"
+    return words, f" ({test}, {p_text(p)})"
 
 
 def verdicts(results: WorkloadResults) -> str:
@@ -251,9 +311,12 @@ def verdicts(results: WorkloadResults) -> str:
     families = {o: family_of(o) for o in everything["optimizer"]}
     best_of = {f: next((o for o in finished["optimizer"] if families[o] == f), None)
                for f in ("first_order", "second_order", "modern")}
-    lines = [f"- Lowest final train loss: {_label(table['optimizer'].iloc[0])}"
-             + (f", {compare(results, table['optimizer'].iloc[0], table['optimizer'].iloc[1])} "
-                f"{_label(table['optimizer'].iloc[1])}" if len(table) > 1 else "") + "."]
+    first = table["optimizer"].iloc[0]
+    line = f"- Lowest final train loss: {_label(first)}"
+    if len(table) > 1:
+        words, note = compare(results, first, table["optimizer"].iloc[1])
+        line += f", {words} {_label(table['optimizer'].iloc[1])}{note}"
+    lines = [line + "."]
     for variant in ("locoprop_m", "locoprop_s"):
         if variant not in families:
             continue
@@ -262,8 +325,8 @@ def verdicts(results: WorkloadResults) -> str:
                              ("modern", "the best of the modern family")):
             other = best_of[group]
             if other is not None:
-                lines.append(f"- {_label(variant)}: final train loss {compare(results, variant, other)} {words}, "
-                             f"{_label(other)}.")
+                verdict, note = compare(results, variant, other)
+                lines.append(f"- {_label(variant)}: final train loss {verdict} {words}, {_label(other)}{note}.")
     reached = table[table["n_reached_target"] > 0]
     if "bench_seconds_to_target" in reached and len(reached):
         fastest = reached.sort_values(["bench_seconds_to_target", "optimizer"]).iloc[0]
@@ -301,8 +364,9 @@ def relatives_table(all_results: list[WorkloadResults]) -> str:
                 fmt(r.get("bench_ms_per_step", math.nan), 0)]) + " |")
         for relative, against in (("dtp", "locoprop_m"), ("foof", "locoprop_s")):
             if relative in families and against in families:
+                verdict, note = compare(results, relative, against)
                 sentences.append(f"- {results.label}: {_label(relative)}'s final train loss is "
-                                 f"{compare(results, relative, against)} {_label(against)}'s.")
+                                 f"{verdict} {_label(against)}'s{note}.")
     return "\n".join(lines) + "\n\n" + "\n".join(sentences)
 
 
@@ -336,6 +400,7 @@ def comparison_table(all_results: list[WorkloadResults]) -> pd.DataFrame:
     for results in all_results:
         primary = workload_of(results.name).primary_metric
         table = ranked(results.table, primary)
+        stalled, mixed = stalled_rows(results), mixed_versions(results)
         best = table.loc[table["rank"].notna(), f"final_{primary}_mean"].min()
         for _, r in table.iterrows():
             row = rows.setdefault(r["optimizer"], {"optimizer": r["optimizer"], "within_5pct": 0, "workloads": 0})
@@ -345,6 +410,10 @@ def comparison_table(all_results: list[WorkloadResults]) -> pd.DataFrame:
                         f"{results.name}_final_std": r[f"final_{primary}_std"],
                         f"{results.name}_n_seeds": r["n_seeds"], f"{results.name}_n_diverged": r["n_diverged"],
                         f"{results.name}_epochs_to_target": r["epochs_to_target"],
+                        f"{results.name}_n_reached_target": r["n_reached_target"],
+                        f"{results.name}_n_healthy": r["n_healthy"],
+                        f"{results.name}_stalled": r["optimizer"] in stalled,
+                        f"{results.name}_mixed_versions": mixed.get(r["optimizer"], ""),
                         f"{results.name}_bench_s_to_target": r.get("bench_seconds_to_target", math.nan)})
             row["workloads"] += 1
             row["within_5pct"] += int(math.isfinite(mean) and mean <= 1.05 * best)
@@ -362,8 +431,13 @@ def progress_text(study: dict | None) -> str:
     return f"searching ({ended} of {budget} trials)" if budget else f"searching ({ended} trials)"
 
 
+def reach_text(reached: float, healthy: float) -> str:
+    """' (k of n)' when only some of the finished seeds reach the target (the time is theirs)."""
+    return f" ({int(reached)} of {int(healthy)})" if reached and reached < healthy else ""
+
+
 def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults],
-                        studies: dict[tuple[str, str], dict] | None = None) -> str:
+                        studies: dict[tuple[str, str], dict] | None = None, protocol_seeds: int = 3) -> str:
     """The cross-workload table; a row with fewer seeds than the protocol's says how many it has, and
     one not run yet on a workload says how far its search is (`studies`: by data set and optimizer)."""
     head = ["optimizer", "family"]
@@ -383,12 +457,29 @@ def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults],
             diverged, seeds = int(r[f"{n}_n_diverged"]), int(r[f"{n}_n_seeds"])
             final = fmt_mean_std(r[f"{n}_final_mean"], r[f"{n}_final_std"])
             final += f" ({diverged}/{seeds} diverged)" if diverged else ""
-            cells.append(final + (f" ({seeds} of {SEEDS} seeds)" if seeds < SEEDS else ""))
+            final += f" ({seeds} of {protocol_seeds} seeds)" if seeds < protocol_seeds else ""
+            final += " (stalled)" if r[f"{n}_stalled"] else ""
+            final += f" {VERSION_MARK}" if r[f"{n}_mixed_versions"] else ""
+            cells.append(final)
             epochs, seconds = r[f"{n}_epochs_to_target"], r[f"{n}_bench_s_to_target"]
-            cells.append(f"{fmt(epochs, 0)} / {fmt(seconds, 0)}" if epochs == epochs else DASH)
+            cells.append(f"{fmt(epochs, 0)} / {fmt(seconds, 0)}"
+                         + reach_text(r[f"{n}_n_reached_target"], r[f"{n}_n_healthy"]) if epochs == epochs else DASH)
         cells.append(f"{int(r['within_5pct'])} of {int(r['workloads'])}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def marks_line(frame: pd.DataFrame, all_results: list[WorkloadResults]) -> str:
+    """What the table's marks mean, for the marks it carries."""
+    parts = []
+    if any(frame.get(f"{r.name}_stalled", pd.Series(dtype=bool)).fillna(False).any() for r in all_results):
+        parts.append(f"(stalled): no seed got {STALL_MARGIN:.0%} below the loss of predicting the mean training "
+                     "image")
+    if any(frame.get(f"{r.name}_mixed_versions", pd.Series(dtype=str)).fillna("").astype(bool).any()
+           for r in all_results):
+        parts.append(f"{VERSION_MARK}: the row's seeds ran at more than one commit or thread count "
+                     "(docs/results.md, Provenance)")
+    return "".join(p[0].upper() + p[1:] + ". " for p in parts)
 
 
 def steps_line(all_results: list[WorkloadResults]) -> str:
@@ -487,6 +578,10 @@ def provenance_markdown(all_results: list[WorkloadResults], bench_path: Path, be
     lines = [f"Time axes and 'bench' columns: steps x the ms/step of one quiet bench table, "
              f"`{bench_path.as_posix()}` ({bench_name}); every workload is timed on that one machine.", ""]
     for results in all_results:
+        mixed = mixed_versions(results)
+        if mixed:
+            lines.append(f"**{results.label}**, rows marked {VERSION_MARK}: "
+                         + "; ".join(f"{_label(o)} ({why})" for o, why in sorted(mixed.items())) + ".")
         runs = results.runs
         by_commit = runs.groupby(runs["git_commit"].fillna("unknown").str[:7])
         lines.append(f"**{results.label}**, {_runs(len(runs))} of the winners' seeds:")
@@ -552,6 +647,7 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
     for results in all_results:
         folder = target_root / results.name
         summary.write_outputs(results.table, results.runs, "final", folder, {})
+        write_json(folder / PLATEAU_FILE, results.plateau)
         if draw:
             record = figures.make_figures(results.runs, results.metrics, folder / "figures", results.folder,
                                           "bench", bench_path)
@@ -566,11 +662,12 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.6g")
     write_text(target_root / "comparison.csv", buffer.getvalue())
-    headline = "\n\n".join([comparison_markdown(frame, all_results, by_key),
+    headline = "\n\n".join([comparison_markdown(frame, all_results, by_key, SEEDS),
                             f"Final train loss after {TRAINED_EPOCHS} epochs, mean ± std over the seeds; rank by "
                             f"that mean among the paper's optimizers and LocoProp's relatives (a modern optimizer's "
-                            f"rank in parentheses: where it would stand among them); time to target: epochs and steps x quiet bench ms/step ({device}). "
-                            + steps_line(all_results) + "."])
+                            f"rank in parentheses: where it would stand among them); time to target: epochs and steps x quiet bench ms/step ({device}), "
+                            "over the seeds that reach it ((k of n) when not all do). "
+                            + marks_line(frame, all_results) + steps_line(all_results) + "."])
     write_text(target_root / "comparison.md", "# Across the data sets\n\n" + headline + "\n")
     if draw:
         runs = pd.concat([r.runs for r in all_results], ignore_index=True)

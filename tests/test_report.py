@@ -2,11 +2,15 @@
 runs reproduces every committed generated file, and an edited result is caught."""
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
+from benchmarks import plateau, statistics
 from scripts import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,10 +55,58 @@ def test_generated_blocks_are_replaced_whole_and_missing_markers_are_named():
         report.replace_block(text, "y", "new", "t.md")
 
 
-def test_gap_verdicts_follow_welchs_test():
-    assert report.welch_p([1.0, 1.1, 0.9], [5.0, 5.1, 4.9]) < 1e-3  # far apart: larger than noise
-    assert report.welch_p([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) > 0.5  # overlapping: noise
-    assert report.welch_p([1.0], [2.0, 3.0]) != report.welch_p([1.0], [2.0, 3.0])  # NaN: one seed
+def test_welch_separates_far_rows_and_not_overlapping_ones():
+    assert statistics.welch_p({0: 1.0, 1: 1.1, 2: 0.9}, {0: 5.0, 1: 5.1, 2: 4.9}) < 1e-3
+    assert statistics.welch_p({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.5, 1: 2.5, 2: 3.5}) > 0.5
+    assert math.isnan(statistics.welch_p({0: 1.0}, {0: 2.0, 1: 3.0}))  # one seed: noise unknown
+
+
+def test_rows_that_share_data_by_seed_are_compared_in_pairs():
+    """Two rows whose seeds differ a lot (the data) but whose difference is the same on every seed:
+    Welch's test calls the gap noise, the paired test does not, and the verdict follows the
+    workload's seeds (paired on a stand-in, Welch on fixed data) and names its test."""
+    a = {0: 10.0, 1: 20.0, 2: 30.0}
+    b = {0: 10.5, 1: 20.52, 2: 30.48}
+    assert statistics.welch_p(a, b) > 0.9
+    assert statistics.paired_p(a, b) < 0.01
+    from scipy import stats
+    assert statistics.paired_p(a, b) == pytest.approx(stats.ttest_rel([10.0, 20.0, 30.0], [10.5, 20.52, 30.48]).pvalue)
+    assert statistics.paired_p({0: 1.0, 1: 2.0, 3: 9.0}, {0: 1.5, 1: 2.5, 2: 0.0}) == 0.0  # seeds 0, 1 only; equal gaps
+    assert math.isnan(statistics.paired_p({0: 1.0, 1: 2.0}, {1: 2.5, 2: 3.0}))  # one shared seed
+    assert statistics.seed_test(a, b, paired=True)[1] == statistics.PAIRED
+    assert statistics.seed_test(a, b, paired=False)[1] == statistics.WELCH
+
+    def results_of(dataset):
+        runs = pd.DataFrame({"optimizer": ["adam"] * 3 + ["sgd"] * 3, "seed": [0, 1, 2] * 2,
+                             "status": ["finished"] * 6, "final_train_ce": [*a.values(), *b.values()]})
+        return report.WorkloadResults(dataset, Path("."), runs, pd.DataFrame(), pd.DataFrame(), {})
+    words, note = report.compare(results_of("curves_synth"), "adam", "sgd")
+    assert words == "lower than" and "paired t-test by seed" in note
+    words, note = report.compare(results_of("mnist"), "adam", "sgd")
+    assert words == "within seed noise of" and "Welch" in note
+
+
+def test_a_row_that_never_leaves_the_plateau_is_stalled_and_gets_no_gap_verdict():
+    """The plateau is the loss of predicting the mean training image (the best constant output: any
+    other constant scores worse); a row none of whose seeds got measurably below it is stalled."""
+    x = torch.rand(50, 6, dtype=torch.float64).round()
+    level = plateau.mean_image_loss(x, "bernoulli")
+    p = x.mean(0).clamp(plateau.EPS, 1 - plateau.EPS)
+    assert level == pytest.approx(float(-(x * p.log() + (1 - x) * (1 - p).log()).sum(1).mean()), rel=1e-12)
+    q = (p + 0.05).clamp(0.01, 0.99)
+    assert float(-(x * q.log() + (1 - x) * (1 - q).log()).sum(1).mean()) > level
+    y = torch.randn(40, 5, dtype=torch.float64)
+    assert plateau.mean_image_loss(y, "gaussian") == pytest.approx(float(y.var(0, unbiased=False).sum()), rel=1e-12)
+
+    runs = pd.DataFrame({"optimizer": ["adam", "adam", "sgd", "sgd", "kfac", "kfac"], "seed": [0, 1] * 3,
+                         "status": ["finished"] * 6, "best_train_ce": [99.5, 99.9, 98.5, 99.8, 50.0, 51.0],
+                         "final_train_ce": [99.6, 99.9, 99.0, 99.9, 50.0, 51.0]})
+    record = {"dataset": "curves_synth", "by_seed": {"0": 100.0, "1": 100.0}}
+    results = report.WorkloadResults("curves_synth", Path("."), runs, pd.DataFrame(), pd.DataFrame(), record)
+    assert report.stalled_rows(results) == {"adam"}  # sgd's seed 0 got 1.5% below the plateau
+    unknown = report.WorkloadResults("curves_synth", Path("."), runs, pd.DataFrame(), pd.DataFrame(),
+                                     {"dataset": "curves_synth", "by_seed": {}})
+    assert report.stalled_rows(unknown) == set()
 
 
 def test_a_row_not_finished_says_how_far_it_is():
