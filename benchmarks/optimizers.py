@@ -72,8 +72,21 @@ def family_of(name: str) -> str:
         return "other"
 
 
+# A row of an optimizer run with a setting that was not searched: `<optimizer>@<variant>`
+VARIANTS = {"published": "published defaults"}
+
+
 def optimizer_info(name: str) -> dict[str, Any]:
-    """The harness keys of one optimizer's config, defaults filled in."""
+    """The harness keys of one optimizer's config, defaults filled in. `<optimizer>@published` is the
+    optimizer at its authors' published defaults (a row beside its searched one): its label says
+    so and its lines are dotted."""
+    base, _, variant = name.partition("@")
+    if variant:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r} of {base!r}; choose one of {', '.join(VARIANTS)}")
+        info = optimizer_info(base)
+        return {**info, "name": name, "label": f"{info['label']}, {VARIANTS[variant]}",
+                "style": {**info["style"], "linestyle": ":", "marker": "x" if info["style"].get("marker") != "x" else "+"}}
     path = config_path(name)
     if not path.is_file():
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(optimizer_names())}")

@@ -11,8 +11,8 @@ worker died is retried with the same settings. Run it again (or start more worke
 
 `cpu-reference` is the comparison this repository ships in `results/reference/cpu/`: the CURVES-like
 stand-in with all nine optimizers of the paper (16 full-length trials each), the real MNIST
-(LocoProp-M with the authors' published defaults; the seven baselines and LocoProp-S with 8
-full-length trials each) and the FACES-like stand-in (all nine with 8 trials each: no published
+(all nine with 8 full-length trials each, and LocoProp-M at the authors' published defaults too,
+`results/tuned/mnist/locoprop_m_published.yaml`, group `published`) and the FACES-like stand-in (all nine with 8 trials each: no published
 FACES defaults exist for LocoProp-M); every winner runs 3 seeds. `cpu-relatives` adds DTP and FOOF
 with the same protocol and budget on each data set, and the LocoProp ablations; `cpu-modern` the
 optimizers of the 'modern' family (Muon, SOAP, Schedule-Free AdamW), apart from the paper's.
@@ -70,7 +70,7 @@ class Runs:
 
 def published_default_runs(dataset: str, optimizer: str, results: str, seeds: range, eval_every: int) -> Runs:
     def configs() -> list[DictConfig]:
-        return [compose_config([f"tuned={dataset}/{optimizer}", f"dataset={dataset}", f"seed={s}", "group=final",
+        return [compose_config([f"tuned={dataset}/{optimizer}_published", f"dataset={dataset}", f"seed={s}", "group=published",
                                 f"results_dir={results}", f"eval_every={eval_every}", *RUN_OVERRIDES])
                 for s in seeds]
     return Runs(dataset, configs)
@@ -83,11 +83,11 @@ def cpu_reference(root: str = "results/reference/cpu", tuned_dir: str = "results
     paper = paper_optimizers()
     baselines = [o for o in paper if optimizer_info(o)["family"] != "local_loss"]
     curves = [Search("curves_synth", o, curves_dir, Protocol(trials=16, seeds=3), tuned_dir=tuned_dir,
-                     export_as="curves", note=note, create=create) for o in paper]
+                     note=note, create=create) for o in paper]
     mnist = [Search("mnist", o, mnist_dir, Protocol(trials=8, seeds=3), tuned_dir=tuned_dir, note=note, create=create)
-             for o in (*baselines, "locoprop_s")]
+             for o in (*baselines, "locoprop_s", "locoprop_m")]
     faces = [Search("faces_synth", o, faces_dir, Protocol(trials=8, seeds=3), tuned_dir=tuned_dir,
-                    export_as="faces", note=note, create=create) for o in paper]
+                    note=note, create=create) for o in paper]
     return [*curves,
             published_default_runs("mnist", "locoprop_m", mnist_dir, range(3), eval_every=5),
             *mnist,
@@ -104,13 +104,13 @@ def cpu_relatives(root: str = "results/reference/cpu", tuned_dir: str = "results
     FACES-like: 8 trials; 3 seeds of each winner), and the LocoProp ablations on the CURVES-like data."""
     note = "CPU reference campaign (scripts/campaign.py cpu-relatives)"
     relatives = ("foof", "dtp")
-    searches = lambda dataset, trials, export_as=None: [  # noqa: E731
+    searches = lambda dataset, trials: [  # noqa: E731
         Search(dataset, o, f"{root}/{dataset}", Protocol(trials=trials, seeds=3), tuned_dir=tuned_dir,
-               export_as=export_as, note=note, create=create) for o in relatives]
-    return [*searches("curves_synth", 16, "curves"),
+               note=note, create=create) for o in relatives]
+    return [*searches("curves_synth", 16),
             *(ablation_runs(name, f"{root}/curves_synth") for name in ablation_names()),
             *searches("mnist", 8),
-            *searches("faces_synth", 8, "faces")]
+            *searches("faces_synth", 8)]
 
 
 def cpu_modern(root: str = "results/reference/cpu", tuned_dir: str = "results/tuned", create: bool = True) -> list:
@@ -120,9 +120,8 @@ def cpu_modern(root: str = "results/reference/cpu", tuned_dir: str = "results/tu
     note = "CPU reference campaign (scripts/campaign.py cpu-modern)"
     modern = [n for n in optimizer_names() if optimizer_info(n)["family"] == "modern"]
     return [Search(dataset, o, f"{root}/{dataset}", Protocol(trials=trials, seeds=3), tuned_dir=tuned_dir,
-                   export_as=export_as, note=note, create=create)
-            for dataset, trials, export_as in (("curves_synth", 16, "curves"), ("faces_synth", 8, "faces"),
-                                               ("mnist", 8, None))
+                   note=note, create=create)
+            for dataset, trials in (("curves_synth", 16), ("faces_synth", 8), ("mnist", 8))
             for o in modern]
 
 

@@ -39,6 +39,7 @@ from benchmarks.statistics import gap_standard_error, seed_test
 from scripts import figures, scaling, summary
 
 ROOT = Path("results/reference/cpu")
+PUBLISHED_GROUP = "published"  # runs of an optimizer's published defaults (not searched)
 BENCH = Path("results/bench/intel_xeon_processor_family_6_model_167_x1.json")
 DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tuning.md")
 RELATIVES_DOC = Path("docs/locoprop_vs_target_propagation.md")
@@ -160,6 +161,12 @@ def load_workloads(root: Path, bench: dict) -> list[WorkloadResults]:
     out = []
     for name in [n for n in WORKLOAD_ORDER if (root / n / "runs" / "final").is_dir()]:
         runs, metrics = load_runs(root / name, "final")
+        published, published_metrics = load_runs(root / name, PUBLISHED_GROUP)
+        if not published.empty:  # the authors' defaults, a row beside the searched one
+            published["optimizer"] = published["optimizer"] + "@published"
+            published_metrics["optimizer"] = published_metrics["optimizer"] + "@published"
+            runs = pd.concat([runs, published], ignore_index=True)
+            metrics = pd.concat([metrics, published_metrics], ignore_index=True)
         if runs.empty:
             continue
         table = summary.summarize(runs, metrics, bench=bench)
@@ -317,9 +324,7 @@ def verdicts(results: WorkloadResults) -> str:
         words, note = compare(results, first, table["optimizer"].iloc[1])
         line += f", {words} {_label(table['optimizer'].iloc[1])}{note}"
     lines = [line + "."]
-    for variant in ("locoprop_m", "locoprop_s"):
-        if variant not in families:
-            continue
+    for variant in [o for o in families if o.partition("@")[0] in ("locoprop_m", "locoprop_s")]:
         for group, words in (("first_order", "the best first-order method"),
                              ("second_order", "the best second-order method"),
                              ("modern", "the best of the modern family")):
@@ -625,13 +630,27 @@ def folder_readme(all_results: list[WorkloadResults], root: Path) -> str:
         "| `<dataset>/tuning/<dataset>/<optimizer>.db` | the Optuna study of each search (every trial, its setting, "
         "its per-epoch running loss, how it ended) |",
         "| `<dataset>/runs/tune/...` | every trial's run: `config.yaml`, `metrics.csv`, `summary.json` |",
-        "| `<dataset>/runs/final/...` | the winners' seeds (seed 0 is the winning trial itself), with "
-        "`reconstructions.npz` |",
+        "| `<dataset>/runs/final/...` | the winners' seeds, with `reconstructions.npz` |",
+        *([f"| `<dataset>/runs/{PUBLISHED_GROUP}/...` | seeds of an optimizer at its published defaults (not searched) |"]
+          if any((r.folder / "runs" / PUBLISHED_GROUP).is_dir() for r in all_results) else []),
         "| `<dataset>/runs/ablation-<name>/...` | LocoProp's ablations |",
         "| `<dataset>/summary.md`, `summary.csv` | the table of the final runs |",
         "| `<dataset>/figures/` | loss against epochs and bench time, test loss, reconstructions, ablations |",
         "| `comparison.md`, `comparison.csv`, `figures/` | across the data sets |", "",
-        "Data sets here: " + ", ".join(f"`{r.name}` ({r.label})" for r in all_results) + ".", ""])
+        "Data sets here: " + ", ".join(f"`{r.name}` ({r.label})" for r in all_results) + ".", "",
+        seed_zero_text(all_results), ""])
+
+
+def seed_zero_text(all_results: list[WorkloadResults]) -> str:
+    """Which winners' seed 0 is the winning trial's own run (copied from `runs/tune`), read from the
+    runs' summaries, and which was trained again."""
+    again = []
+    for results in all_results:
+        zero = results.runs[(results.runs["seed"] == 0) & (results.runs["group"] == "final")]
+        copied = zero["copied_from"].notna() if "copied_from" in zero else pd.Series(False, index=zero.index)
+        again += [f"{results.label} {_label(o)}" for o in zero.loc[~copied, "optimizer"]]
+    return ("Seed 0 of a winner in `runs/final` is the winning trial's own run, copied from `runs/tune`"
+            + (f", except for {', '.join(again)}, whose seed 0 was trained again." if again else "."))
 
 
 def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), draw: bool = True) -> None:

@@ -4,8 +4,9 @@
                                 [--optimizer adam,locoprop_m] [--executor inprocess|processes|local|slurm]
                                 [--workers N] [--gpus 0,1,2,3] [any Hydra override, e.g. epochs=2 device=cuda]
 
-For every dataset x optimizer x seed it trains `tuned=<dataset>/<optimizer>` (for a generated
-stand-in such as curves_synth, the tuned config of its real counterpart) in group `reproduce`.
+For every dataset x optimizer x seed it trains `tuned=<dataset>/<optimizer>` in group `reproduce`.
+A real data set without a config of its own searched on it (FACES, CURVES) borrows the config
+searched on its generated stand-in (faces_synth, curves_synth): a transfer, which the plan names.
 Finished runs are skipped and interrupted ones resume from their last epoch checkpoint, so
 re-running the command continues where it stopped. A run that cannot start (a missing data file)
 or fails does not stop the others: the failures are listed at the end, the figures and tables are
@@ -27,7 +28,7 @@ from benchmarks.config import TUNED_DIR, compose_config
 from benchmarks.fast import graph_safe
 from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import make_optimizer, paper_optimizers
-from benchmarks.workloads import get_workload, paper_datasets
+from benchmarks.workloads import WORKLOADS, paper_datasets
 from scripts import figures, summary as summary_script
 from scripts.launch import LaunchSettings
 from scripts.plan import Plan, PlannedRun, executor_for
@@ -69,11 +70,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def tuned_name(dataset: str, optimizer: str, tuned_dir: Path = TUNED_DIR) -> str | None:
-    """The tuned config for this pair (a generated stand-in borrows its real counterpart's), or None."""
-    for candidate in (dataset, get_workload(dataset).architecture):
+    """The tuned config for this pair: searched on this data set, else on a generated stand-in for
+    it (a transfer: `tuned_note` says so), or None."""
+    stand_ins = [w.name for w in WORKLOADS.values() if w.stand_in_for == dataset]
+    for candidate in (dataset, *stand_ins):
         if (tuned_dir / candidate / f"{optimizer}.yaml").exists():
             return f"{candidate}/{optimizer}"
     return None
+
+
+def tuned_note(dataset: str, tuned: str | None) -> str:
+    """How a run's setting was found, for its label in the plan."""
+    if tuned is None:
+        return " (untuned: the optimizer's defaults)"
+    searched_on = tuned.split("/")[0]
+    return "" if searched_on == dataset else f" (setting searched on {searched_on}, not on {dataset})"
 
 
 def replays_in_a_graph(optimizer: str) -> bool:
@@ -93,7 +104,7 @@ def make_plan(datasets: list[str], optimizers: list[str], seeds: int, overrides:
             base = [f"tuned={tuned}"] if tuned else [f"optimizer={optimizer}"]
             eager = ["cuda_graph=false"] if graphs and not replays_in_a_graph(optimizer) else []
             for seed in range(seeds):
-                label = f"{dataset}/{optimizer} seed {seed}" + ("" if tuned else " (untuned)") + (
+                label = f"{dataset}/{optimizer} seed {seed}" + tuned_note(dataset, tuned) + (
                     " (eager)" if eager else "")
                 runs.append(PlannedRun([*base, f"dataset={dataset}", f"seed={seed}", f"group={group}",
                                         f"results_dir={results}", *overrides, *eager], label))

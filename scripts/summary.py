@@ -121,7 +121,7 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
                    seconds_to_target=float(np.mean([r[1] for r in reached])) if reached else math.nan)
         if bench is not None:
             batch = int(own["cfg.batch_size"].iloc[0]) if "cfg.batch_size" in own else 1000
-            ms = bench.get((workload_of(dataset).architecture, optimizer, batch), math.nan)
+            ms = bench.get((workload_of(dataset).architecture, optimizer.partition("@")[0], batch), math.nan)  # a variant: its optimizer's step
             steps = float(own["steps_per_epoch"].iloc[0]) if "steps_per_epoch" in own else math.nan
             row.update(bench_ms_per_step=ms,
                        bench_seconds_to_target=row["epochs_to_target"] * steps * ms / 1e3)
