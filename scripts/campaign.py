@@ -34,14 +34,14 @@ from omegaconf import DictConfig
 from benchmarks.config import compose_config
 from benchmarks.preflight import problems
 from benchmarks.optimizers import optimizer_info, optimizer_names, paper_optimizers
-from benchmarks.results import read_summary
+from benchmarks.results import best_trial, read_summary
 from benchmarks.rundir import RunInUse, atomic_write_text, run_dir_for
 from benchmarks.train import train
 from scripts.ablations import ablation_configs, ablation_names
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
 from scripts.plan import use_threads
 from scripts.sampler import describe as describe_sampler
-from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, describe_searches, work
+from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, describe_searches, overrides_for, work
 
 
 class Runs:
@@ -140,7 +140,6 @@ def winner_values(root: str | Path, dataset: str, optimizer: str) -> dict | None
     if not db.is_file():
         return None
     study = optuna.load_study(study_name=f"{dataset}-{optimizer}", storage=f"sqlite:///{db}")
-    from benchmarks.results import best_trial
     trials = study.get_trials(deepcopy=False)
     ended = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     if len(ended) < study.user_attrs.get("protocol", {}).get("trials", 0):  # still searching
@@ -152,7 +151,6 @@ def winner_values(root: str | Path, dataset: str, optimizer: str) -> dict | None
 def sensitivity_runs(dataset: str, optimizer: str, key: str, values: list, root: str, eval_every: int = 5) -> Runs:
     """Seed-0 full-length runs of the winner of `dataset` x `optimizer` with `key` set to each of
     `values` (given the winner's setting, returns them), everything else at the winner."""
-    from scripts.tune import overrides_for
 
     def configs() -> list[DictConfig]:
         base = winner_values(root, dataset, optimizer)
