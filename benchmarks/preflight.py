@@ -12,7 +12,7 @@ from typing import Iterable
 from hydra.utils import get_object
 from omegaconf import DictConfig
 
-from benchmarks.data import DATA_ENV
+from benchmarks.data import fetch_hint
 from benchmarks.train import resolve_device
 from benchmarks.workloads import get_workload, load_dataset
 
@@ -29,10 +29,7 @@ def data_problem(cfg: DictConfig) -> str | None:
 def fetch_command(dataset: str) -> str:
     """The command that puts a data set's files in place ('nothing' for a generator)."""
     folder = get_workload(dataset).data_dir
-    if not folder:
-        return "nothing (generated)"
-    return (f"make data (python -m scripts.download_data --datasets {folder}), or export {DATA_ENV}=<a folder "
-            f"holding {folder}/>, or dataset.root=<the folder holding its files>")
+    return fetch_hint(folder).removeprefix("fix: ") if folder else "nothing (generated)"
 
 
 def extra_problem(optimizer: DictConfig) -> str | None:
@@ -57,7 +54,7 @@ def problems(cfgs: Iterable[DictConfig]) -> list[str]:
         data_key = ("data", cfg.dataset.name, str(cfg.dataset.root))
         if data_key not in lines:
             problem = data_problem(cfg)
-            lines[data_key] = problem and (f"data {cfg.dataset.name}: {problem.split('. ')[0]}; "
+            lines[data_key] = problem and (f"data {cfg.dataset.name}: {problem.split('. ')[0].split('; fix:')[0]}; "
                                            f"fix: {fetch_command(cfg.dataset.name)}")
         extra_key = ("extra", cfg.optimizer.name)
         if extra_key not in lines:
