@@ -17,15 +17,19 @@ TUNE_TRIALS ?= 16
 TUNE_WORKERS ?= 1
 TUNE_ARGS ?=
 
-.PHONY: install test demo train bench figures summary report ablations gpu-campaign reproduce tune campaign-cpu data
+.DEFAULT_GOAL := help
+.PHONY: help install test demo train bench figures summary report ablations gpu-campaign reproduce tune campaign-cpu data
 
-install:  ## install the package, its test tools and the sweep launchers (CI pins torch via constraints-ci.txt)
-	$(PYTHON) -m pip install -c constraints-ci.txt -e ".[dev,sweep]"
+help:  ## this list
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install:  ## install the package with everything the README uses, tests included (torch pinned as in CI)
+	$(PYTHON) -m pip install -c constraints-ci.txt -e ".[dev,sweep,modern]"
 
 test:  ## the full test suite (CPU, offline; < 15 min on 2 cores)
 	$(PYTHON) -m pytest -q tests
 
-demo:  ## < 3 min offline on 2 CPU cores: LocoProp-M, K-FAC and RMSProp on CURVES-like data, figures and table
+demo:  ## a few minutes offline on a CPU (it prints its estimate): LocoProp-M, K-FAC, RMSProp on CURVES-like data
 	$(PYTHON) -m scripts.demo --results $(RESULTS)/demo
 
 train:  ## one training run: make train ARGS="dataset=mnist dataset.root=data/mnist optimizer=adam epochs=1"
@@ -63,5 +67,5 @@ campaign-cpu:  ## the shipped CPU reference comparison (many CPU hours; resumabl
 	nice -n 19 $(PYTHON) -m scripts.campaign cpu-relatives --workers 2 --threads 1
 	nice -n 19 $(PYTHON) -m scripts.campaign cpu-modern --workers 2 --threads 1
 
-data:  ## download FACES, CURVES (and MNIST) into ./data (needs internet)
+data:  ## download and check MNIST, FACES, CURVES and the Olivetti faces into ./data (needs internet)
 	$(PYTHON) -m scripts.download_data --root data

@@ -41,6 +41,12 @@ def default_root(name: str) -> Path:
     return (Path(base) if base else Path("data")) / name
 
 
+def fetch_hint(folder: str) -> str:
+    """How to put a missing data set's files in place (the fix every 'not found' error names)."""
+    return (f"fix: make data (python -m scripts.download_data --datasets {folder}), or export {DATA_ENV}=<a folder "
+            f"holding {folder}/>, or set dataset.root to the folder holding the file")
+
+
 # ----------------------------------------------------------------------------- MNIST
 
 MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
@@ -127,7 +133,7 @@ def load_mnist(root: str | Path, download: bool = False, verify_sha256: bool = T
             raise DataError(
                 f"MNIST {split} images not found: no {name} or {name}.gz in {root} or {root / 'MNIST' / 'raw'}. "
                 f"Get it from {MNIST_URLS[0]}{name}.gz (or {MNIST_URLS[1]}), or set dataset.download=true "
-                f"to download it with torchvision.")
+                f"to download it with torchvision; {fetch_hint('mnist')}")
         digest = MNIST_SHA256[name] if verify_sha256 else None
         images = read_idx_images(path, expected_count=count, expected_size=MNIST_IMAGE_SIZE, sha256=digest)
         arrays.append(images.reshape(images.shape[0], -1))
@@ -211,7 +217,7 @@ def read_mat(path: str | Path, url: str | None = None) -> dict:
     path = Path(path)
     where = f" (get it from {url})" if url else ""
     if not path.is_file():
-        raise DataError(f"{path}: file not found{where}")
+        raise DataError(f"{path}: file not found{where}; {fetch_hint(path.parent.name)}")
     try:
         return scipy.io.loadmat(str(path))
     except Exception as e:  # scipy raises ValueError, TypeError, OSError... on corrupt files
@@ -225,7 +231,7 @@ def _mat_path(root: Path, file: str, url: str, download: bool) -> Path:
     if not path.is_file():
         if not download:
             raise DataError(f"{path}: file not found. Get it from {url} into {root}, "
-                            f"or set dataset.download=true to download it.")
+                            f"or set dataset.download=true to download it; {fetch_hint(root.name)}")
         download_file(url, path)
     return path
 

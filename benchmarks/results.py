@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from benchmarks.benchtable import ms_per_step
 from benchmarks.optimizers import (default_style, family_of, label as optimizer_label, optimizer_info, optimizer_names,
                                    search_space)
 from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, LATER_DEFAULTS,
@@ -77,16 +78,13 @@ def bench_device(source: str | Path | None) -> str | None:
 def bench_ms_per_step(source: str | Path) -> dict[tuple[str, str, int], float]:
     """(architecture, optimizer, batch size) -> ms/step from one bench table (a .json file), or from
     every quiet table under <source>/bench/ (later files win). Tables measured on a busy machine
-    are left out."""
+    are left out (a plan's choice of one table is benchmarks.benchtable.choose_table)."""
     source = Path(source)
     tables = [(source.name, json.loads(source.read_text()))] if source.is_file() else bench_tables(source)
     table: dict[tuple[str, str, int], float] = {}
     for _, data in tables:
-        if data.get("busy"):
-            continue
-        for row in data.get("rows", []):
-            if row.get("ms_per_step") and row.get("width_multiplier", 1) == 1 and row.get("depth_multiplier", 1) == 1:
-                table[(row["dataset"], row["optimizer"], int(row["batch_size"]))] = float(row["ms_per_step"])
+        if not data.get("busy"):
+            table.update(ms_per_step(data))
     return table
 
 

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.data import DataError, default_root, load_mat_array
+from benchmarks.data import DataError, default_root, fetch_hint, load_mat_array
 
 CURVES_SIZE = 28
 OLIVETTI_FILE = "olivettifaces.mat"
 OLIVETTI_KEY = "faces"
+OLIVETTI_URL = "https://cs.nyu.edu/~roweis/data/olivettifaces.mat"  # Sam Roweis' copy of the AT&T faces
 OLIVETTI_SHAPE = (4096, 400)  # 64x64 images as columns, 40 people x 10 images
 FACES_SIZE = 25
 N_PEOPLE, IMAGES_PER_PERSON = 40, 10
@@ -95,7 +96,7 @@ def load_olivetti(path: str | Path) -> torch.Tensor:
     if not path.is_file():
         raise DataError(f"{path}: Olivetti faces file not found; faces_synth needs {OLIVETTI_FILE} "
                         f"(key {OLIVETTI_KEY!r}, {OLIVETTI_SHAPE[0]}x{OLIVETTI_SHAPE[1]} uint8), "
-                        f"(set dataset.root to its folder, or put it in $LOCOPROP_DATA/olivetti/ or data/olivetti/)")
+                        f"from {OLIVETTI_URL}; {fetch_hint('olivetti')}")
     faces = load_mat_array(path, OLIVETTI_KEY, OLIVETTI_SHAPE, value_range=(0, 255))
     images = faces.T.reshape(-1, 64, 64).transpose(0, 2, 1)  # MATLAB column-major storage
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)

@@ -28,19 +28,20 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-import torch
 import yaml
 from omegaconf import DictConfig
 
 from benchmarks.config import compose_config
+from benchmarks.preflight import problems
 from benchmarks.optimizers import optimizer_info, optimizer_names, paper_optimizers
-from benchmarks.results import read_summary
+from benchmarks.results import best_trial, read_summary
 from benchmarks.rundir import RunInUse, atomic_write_text, run_dir_for
 from benchmarks.train import train
 from scripts.ablations import ablation_configs, ablation_names
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
+from scripts.plan import use_threads
 from scripts.sampler import describe as describe_sampler
-from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, describe_searches, work
+from scripts.tune import RUN_OVERRIDES, SEED_DONE, Protocol, Search, describe_searches, overrides_for, work
 
 
 class Runs:
@@ -138,7 +139,6 @@ def winner_values(root: str | Path, dataset: str, optimizer: str) -> dict | None
     if not db.is_file():
         return None
     study = optuna.load_study(study_name=f"{dataset}-{optimizer}", storage=f"sqlite:///{db}")
-    from benchmarks.results import best_trial
     trials = study.get_trials(deepcopy=False)
     ended = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     if len(ended) < study.user_attrs.get("protocol", {}).get("trials", 0):  # still searching
@@ -150,7 +150,6 @@ def winner_values(root: str | Path, dataset: str, optimizer: str) -> dict | None
 def sensitivity_runs(dataset: str, optimizer: str, key: str, values: list, root: str, eval_every: int = 5) -> Runs:
     """Seed-0 full-length runs of the winner of `dataset` x `optimizer` with `key` set to each of
     `values` (given the winner's setting, returns them), everything else at the winner."""
-    from scripts.tune import overrides_for
 
     def configs() -> list[DictConfig]:
         base = winner_values(root, dataset, optimizer)
@@ -310,22 +309,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", default=None, help="with 'collect': the folder a campaign writes elsewhere")
     parser.add_argument("--tuned-from", default=None, help="with 'collect': that campaign's tuned-config folder")
     parser.add_argument("--only", default=None, help="work only on this data set's items of the plan (e.g. mnist)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's); "
+                        "the plan is priced by the bench table of this thread count")
     add_launch_args(parser)
     parser.add_argument("--dry-run", action="store_true", help="say where every item stands and what is left")
     args = parser.parse_args(argv)
     if args.plan == "collect":
         collect(args.source, args.root, args.tuned_from)
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    items = plan_items(args.plan, args.only, create=False)
+    if not args.dry_run:
+        missing = problems(cfg for item in items for cfg in
+                           ([item.full_run_config()] if isinstance(item, Search) else item.configs()))
+        if missing:
+            raise SystemExit("cannot start, missing:\n  " + "\n  ".join(missing))
+    print(describe_searches([item for item in items if isinstance(item, Search)]))
+    for item in items:
+        if isinstance(item, Runs):
+            print("  " + item.describe({})[0])
     if args.dry_run:
-        items = plan_items(args.plan, args.only, create=False)
-        print(describe_searches([item for item in items if isinstance(item, Search)]))
-        for item in items:
-            if isinstance(item, Runs):
-                print("  " + item.describe({})[0])
         return
     launch = settings_from(args)
     if launch.launcher != "processes":

@@ -17,7 +17,6 @@ The tuner's workers (scripts/tune.py) are started by the same launcher module (s
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -31,12 +30,14 @@ from typing import Iterable
 import torch
 from omegaconf import DictConfig
 
+from benchmarks.benchtable import REPO_BENCH, BenchChoice, choose_table, format_duration, price_step
 from benchmarks.config import compose_config
+from benchmarks.preflight import data_problem, fetch_command, problems
 from benchmarks.results import read_summary
-from benchmarks.rundir import FINAL_STATUSES, device_name, run_dir_for
+from benchmarks.rundir import FINAL_STATUSES, cpu_model, device_name, run_dir_for
 from benchmarks.schedule import Schedule
 from benchmarks.train import resolve_device, train
-from benchmarks.workloads import get_workload, load_dataset
+from benchmarks.workloads import get_workload
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 60  # after SIGTERM, how long a run has to write its summary before it is killed
@@ -71,75 +72,97 @@ class PlannedRun:
         return n_train // int(cfg.batch_size) * epochs
 
 
-def data_problem(cfg: DictConfig) -> str | None:
-    """Why this run's data set cannot be loaded (files missing or corrupt), or None."""
-    try:
-        load_dataset(cfg.dataset.name, root=cfg.dataset.root, n_train=0, n_test=0)
-    except Exception as err:  # noqa: BLE001 - reported, not raised
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def fetch_command(dataset: str) -> str:
-    workload = get_workload(dataset)
-    if workload.paper:
-        return f"make data (python -m scripts.download_data --datasets {dataset})"
-    if workload.data_dir:
-        return (f"copy the files it is generated from into {workload.default_root()} (or point $LOCOPROP_DATA or "
-                f"dataset.root at them)")
-    return "nothing (generated)"
-
-
-def bench_for(device: str, results: str | Path = "results") -> tuple[str | None, dict]:
-    """(table file, {(architecture, optimizer, batch): ms}) of the quiet bench table measured on
-    `device` (a GPU's name, or '<CPU model> xN'), or (None, {}) when none exists: another
-    machine's timings would price the runs wrongly."""
-    tables = []
-    for path in sorted(Path(results, "bench").glob("*.json")):
-        table = json.loads(path.read_text())
-        if table.get("device") == device and not table.get("busy") and table.get("precision", "float32") == "float32":
-            tables.append((path, table))
-    if not tables:
-        return None, {}
-    path, table = tables[-1]
-    return path.name, {(r["dataset"], r["optimizer"], r.get("batch_size", 1000)): r["ms_per_step"]
-                       for r in table.get("rows", []) if r.get("ms_per_step")}
-
-
-def target_device(runs: Iterable[PlannedRun]) -> str:
-    """The bench name of the device the runs will use (their `device` setting, on this machine)."""
+def target_device(runs: Iterable[PlannedRun], threads: int | None = None) -> str:
+    """The bench name of the device the runs will use (their `device` setting, on this machine):
+    a GPU's name, or '<CPU model> xN' with the N threads each run will use."""
     first = next(iter(runs), None)
     device = resolve_device(str(first.cfg.device)) if first is not None else torch.device("cpu")
+    if device.type == "cpu":
+        return f"{cpu_model()} x{threads or torch.get_num_threads()}"
     return device_name(device, bench=True)
+
+
+def use_threads(threads: int | None) -> None:
+    """Run with `threads` torch threads here and in the training processes started from here."""
+    if threads:
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def bench_folders(results: str | Path) -> list[Path]:
+    """Where bench tables are looked for: the results folder's bench/, then the repository's."""
+    return [Path(results) / "bench", REPO_BENCH]
 
 
 @dataclass
 class Plan:
     runs: list[PlannedRun] = field(default_factory=list)
     title: str = "plan"
+    threads: int | None = None  # torch threads per run (None: torch's default here)
 
     def estimates(self, ms: dict) -> dict[str, float | None]:
+        """Seconds of training per run (None where the table has no row for its optimizer)."""
+        return {label: seconds for label, (seconds, _) in self._priced(ms).items()}
+
+    def _priced(self, ms: dict) -> dict[str, tuple[float | None, int | None]]:
+        """Per run: (seconds or None, the batch size of the bench figure used)."""
         out = {}
         for run in self.runs:
             cfg = run.cfg
-            key = (get_workload(cfg.dataset.name).architecture, cfg.optimizer.name, int(cfg.batch_size))
-            out[run.label] = ms[key] * run.steps() / 1e3 if key in ms else None
+            step_ms, measured_at = price_step(ms, get_workload(cfg.dataset.name).architecture, cfg.optimizer.name,
+                                              int(cfg.batch_size))
+            out[run.label] = (None if step_ms is None else step_ms * run.steps() / 1e3, measured_at)
         return out
+
+    def batch_note(self, ms: dict) -> list[str]:
+        """A note when some runs are priced with another batch size's ms/step."""
+        other = {int(run.cfg.batch_size): measured for run, (_, measured) in zip(self.runs, self._priced(ms).values())
+                 if measured is not None and measured != int(run.cfg.batch_size)}
+        return [f"  note: batch {batch} is priced with the ms/step of batch {measured} (the table has no other): "
+                f"{'an upper' if batch < measured else 'a lower'} bound" for batch, measured in sorted(other.items())]
 
     def longest_first(self, ms: dict) -> "Plan":
         """The same runs, the most expensive first (unknown costs last), so a deadline cuts the cheap ones."""
         cost = self.estimates(ms)
-        return Plan(sorted(self.runs, key=lambda r: -(cost[r.label] if cost[r.label] is not None else -1)), self.title)
+        return Plan(sorted(self.runs, key=lambda r: -(cost[r.label] if cost[r.label] is not None else -1)), self.title,
+                    self.threads)
+
+    def pricing(self, results: str | Path = "results", device: str | None = None) -> tuple[str, BenchChoice]:
+        """(device name with threads, the bench table that prices the runs)."""
+        device = device or target_device(self.runs, self.threads)
+        return device, choose_table(device, bench_folders(results))
+
+    def preflight(self) -> list[str]:
+        """One line per missing piece (data, optional package, device) with its fix; [] when all is there."""
+        return problems(run.cfg for run in self.runs)
+
+    def summary(self, results: str | Path = "results", workers: int = 1) -> str:
+        """Before long work: the runs left, their hours, the bench table used and when they end."""
+        device, choice = self.pricing(results)
+        cost = self.estimates(choice.ms)
+        todo = [run for run in self.runs if run.state() != "done"]
+        known = [cost[run.label] for run in todo if cost[run.label] is not None]
+        unknown = len(todo) - len(known)
+        total = sum(known) / max(1, workers)
+        if not todo:
+            left = "nothing left to train"
+        elif unknown == len(todo):
+            left = "unknown hours of training (no bench table prices these runs)"
+        else:
+            eta = time.strftime("%H:%M", time.localtime(time.time() + total))
+            left = (f"{format_duration(total)} of training" + (f" with {workers} workers" if workers > 1 else "")
+                    + (f" plus {unknown} runs of unknown cost" if unknown else "")
+                    + f", ends {'after' if unknown else 'around'} {eta} (evaluation adds roughly 10-30%)")
+        return "\n".join([f"{self.title}: {len(todo)} of {len(self.runs)} runs to do on {device}, {left}",
+                          choice.describe(device), *self.batch_note(choice.ms)])
 
     def describe(self, results: str | Path = "results", device: str | None = None) -> tuple[str, int]:
         """The dry run's text, and its exit status (1 when some data set is missing)."""
-        device = device or target_device(self.runs)
-        table, ms = bench_for(device, results)
-        cost = self.estimates(ms)
+        device, choice = self.pricing(results, device)
+        cost = self.estimates(choice.ms)
         problems = {name: data_problem(next(r.cfg for r in self.runs if r.cfg.dataset.name == name))
                     for name in dict.fromkeys(r.cfg.dataset.name for r in self.runs)}
-        lines = [f"{self.title}: {len(self.runs)} runs on {device}",
-                 f"cost estimates: {'bench table ' + table if table else 'no bench table of this device (make bench)'}"]
+        lines = [f"{self.title}: {len(self.runs)} runs on {device}", choice.describe(device), *self.batch_note(choice.ms)]
         for name, problem in problems.items():
             lines.append(f"data {name}: " + ("ok" if problem is None else f"MISSING ({problem}); fetch: {fetch_command(name)}"))
         lines.append(f"{'#':>3} {'run':<40} {'state':<16} {'est. training':>14}")
@@ -148,17 +171,17 @@ class Plan:
         for k, run in enumerate(self.runs, 1):
             state = "waiting for data" if problems[run.cfg.dataset.name] else run.state()
             seconds = cost[run.label]
-            est = f"{seconds / 60:.1f} min" if seconds is not None else "unknown"
-            lines.append(f"{k:>3} {run.label:<40} {state:<16} {est:>14}")
+            lines.append(f"{k:>3} {run.label:<40} {state:<16} {format_duration(seconds):>14}")
             if state in ("new", "resume"):
                 todo, n_todo, unknown = todo + (seconds or 0.0), n_todo + 1, unknown + (seconds is None)
             elif state == "waiting for data":
                 waiting, n_waiting = waiting + (seconds or 0.0), n_waiting + 1
         done = len(self.runs) - n_todo - n_waiting
-        lines.append(f"to do: {n_todo} runs, {todo / 3600:.2f} h of training"
-                     + (f" (+{unknown} runs without a bench figure)" if unknown else "")
+        hours = "unknown hours" if n_todo and unknown == n_todo else format_duration(todo)
+        lines.append(f"to do: {n_todo} runs, {hours} of training"
+                     + (f" (+{unknown} runs without a bench figure)" if unknown and unknown < n_todo else "")
                      + f"; done: {done}; waiting for data: {n_waiting} runs"
-                     + (f" ({waiting / 3600:.2f} h once it is there)" if waiting else "")
+                     + (f" ({format_duration(waiting)} once it is there)" if waiting else "")
                      + "; evaluation adds roughly 10-30%")
         return "\n".join(lines), int(any(problems.values()))
 

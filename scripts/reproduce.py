@@ -10,7 +10,9 @@ searched on its generated stand-in (faces_synth, curves_synth): a transfer, whic
 Finished runs are skipped and interrupted ones resume from their last epoch checkpoint, so
 re-running the command continues where it stopped. A run that cannot start (a missing data file)
 or fails does not stop the others: the failures are listed at the end, the figures and tables are
-drawn from what finished, and the exit status is 1. `--dry-run` lists the runs in order with their
+drawn from what finished, and the exit status is 1. Before anything trains, a pre-flight checks every
+planned run's data, optional packages and device and stops (exit status 2) with one line per
+missing piece and its fix; then the plan's total, its bench table and an ETA are printed. `--dry-run` lists the runs in order with their
 state, whether their data is there (and the command that fetches it), and their cost from the
 bench table of the device they will use. With `cuda_graph=true`, each optimizer whose step
 replays exactly in a CUDA graph uses one and the others run eagerly (the plan says which).
@@ -22,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from benchmarks.config import TUNED_DIR, compose_config
@@ -31,7 +34,7 @@ from benchmarks.optimizers import make_optimizer, paper_optimizers
 from benchmarks.workloads import WORKLOADS, paper_datasets
 from scripts import figures, summary as summary_script
 from scripts.launch import LaunchSettings
-from scripts.plan import Plan, PlannedRun, executor_for
+from scripts.plan import Plan, PlannedRun, executor_for, use_threads
 
 PAPER_DATASETS = tuple(paper_datasets())  # mnist, faces, curves
 LEGACY_KEYS = {"seeds": "--seeds", "dataset": "--dataset", "optimizer": "--optimizer", "dry_run": "--dry-run",
@@ -50,6 +53,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--executor", default="inprocess", choices=("inprocess", "processes", "local", "slurm"),
                         help="one run after the other here, local processes, or submitit jobs")
     parser.add_argument("--workers", type=int, default=1, help="with --executor processes: runs at a time")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default: torch's, "
+                        "here %d); the plan is priced by the bench table of this thread count" % torch.get_num_threads())
     parser.add_argument("--gpus", default=None, help="with --executor processes: one worker per GPU, e.g. 0,1,2,3")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. epochs=2 device=cuda")
     tokens = []
@@ -115,12 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     plan = make_plan(args.dataset.split(","), args.optimizer.split(","), args.seeds, overrides, args.results,
                      args.group)
+    use_threads(args.threads)
+    plan.threads = torch.get_num_threads()
     if args.dry_run:
         text, status = plan.describe(args.results)
         print(text)
         return status
-
+    missing = plan.preflight()
+    if missing:
+        print("cannot start, missing:\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 2
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
+    workers = (len(gpus) if gpus else args.workers) if args.executor == "processes" else 1
+    print(plan.summary(args.results, workers), flush=True)
     executor = executor_for(args.executor, args.workers, gpus, Path(args.results) / "logs" / args.group,
                             LaunchSettings(launcher=args.executor), args.results)
     statuses = executor.run(plan)

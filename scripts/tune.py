@@ -42,22 +42,25 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 import yaml
 from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from benchmarks.benchtable import choose_table, format_duration
 from benchmarks.config import compose_config
+from benchmarks.preflight import problems
 from benchmarks.optimizers import paper_optimizers, search_space as optimizer_search_space
 from benchmarks.results import best_trial, mean_std, read_summary
-from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, device_name, git_commit,
-                               run_dir_for)
+from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, cpu_model, device_name,
+                               git_commit, run_dir_for)
 from benchmarks.schedule import Schedule
 from benchmarks.train import PruneRun, StopRun, resolve_device, threshold_exit, train
 from benchmarks.workloads import get_workload
 from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions, describe as describe_sampler
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
-from scripts.plan import Plan, PlannedRun, bench_for
+from scripts.plan import Plan, PlannedRun, use_threads
 from scripts.storage import (GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, JOURNAL_PREFIX, fail_lost_trials, heartbeat,
                              open_storage,
                              retried_trial_number, storage_label)
@@ -358,13 +361,18 @@ class Search:
                 return "export"
         return "done"
 
+    def full_run_config(self) -> DictConfig:
+        """A full-length run of this search (what the pre-flight checks)."""
+        return compose_config([f"dataset={self.dataset}", f"optimizer={self.optimizer}", *self.protocol.overrides])
+
     def describe(self, ms: dict) -> tuple[str, float | None]:
         """One line of a dry run: trials against the budget, the winner's seeds, and what is left to
         train (trials still to draw priced as full-length runs: an upper bound under pruning)."""
         full_run = PlannedRun([f"dataset={self.dataset}", f"optimizer={self.optimizer}", *self.protocol.overrides], "")
         one = Plan([full_run]).estimates(ms)[""]
-        price = (lambda runs: f"; left: at most {one * runs / 3600:.2f} h" if one is not None  # noqa: E731
-                 else "; left: unknown cost (no bench)")
+        price = (lambda runs: "; nothing left" if runs == 0 else  # noqa: E731
+                 f"; left: at most {format_duration(one * runs)}" if one is not None
+                 else "; left: unknown cost (no bench table)")
         if self.study is None:
             runs = self.protocol.trials + self.protocol.seeds - 1
             return (f"{self.dataset}-{self.optimizer}: not started ({self.protocol.trials} trials, then "
@@ -377,7 +385,8 @@ class Search:
         line = (f"{self.study.study_name}: {ended}/{self.protocol.trials} trials ended"
                 + (f" ({running} running)" if running else "") + f", {len(seeds)}/{self.protocol.seeds} seeds done, "
                 + ("exported" if self.exported() else "not exported") + price(left_trials + left_seeds))
-        return line, None if one is None else one * (left_trials + left_seeds)
+        left = left_trials + left_seeds
+        return line, 0.0 if left == 0 else None if one is None else one * left
 
     def exported(self) -> tuple[int, list[int]] | None:
         """(best trial, seeds) of the tuned config on disk when it comes from this study."""
@@ -506,7 +515,8 @@ def protocol_args(parser: argparse.ArgumentParser) -> None:
                         "notebook's exits (loss > 1000, best > 600, best > 350 after epoch 12)")
     parser.add_argument("--results", default="results")
     parser.add_argument("--tuned-dir", default="results/tuned")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's); "
+                        "the dry run is priced by the bench table of this thread count")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --), e.g. dataset.n_train=10000")
 
 
@@ -539,18 +549,20 @@ def main(argv: list[str] | None = None) -> Path | None:
     add_launch_args(parser)
     args = parser.parse_args(argv)
     launch = settings_from(args)
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = paper_optimizers() if args.optimizer == "paper" else [args.optimizer]
     if args.storage and len(names) > 1:
         raise SystemExit("--storage names one study: give one --optimizer with it")
+    existing = [Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
+                       tuned_dir=args.tuned_dir, export_as=args.export_as, create=False) for name in names]
     if args.dry_run:  # describes what exists, creates nothing
-        print(describe_searches([Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
-                                        tuned_dir=args.tuned_dir, export_as=args.export_as, create=False)
-                                 for name in names]))
+        print(describe_searches(existing))
         return None
+    missing = preflight(existing)
+    if missing:
+        raise SystemExit("cannot start, missing:\n  " + "\n  ".join(missing))
+    print(describe_searches(existing), flush=True)
     searches = [Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
                        tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note,
                        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wandb=args.wandb)
@@ -575,19 +587,32 @@ def study_exists(storage_url: str, name: str) -> bool:
     return name in optuna.get_all_study_names(open_storage(storage_url))
 
 
-def describe_searches(searches: list["Search"]) -> str:
-    """A dry run of searches: each one's state and the training left, priced by this device's bench."""
-    device = device_name(resolve_device("auto"), bench=True)
-    table, ms = bench_for(device, "results")  # the repository's bench tables, wherever the studies live
-    lines = [f"{len(searches)} searches on {device}; costs from "
-             + (f"bench table {table}" if table else "no bench table of this device (make bench)")]
-    total = 0.0
+def describe_searches(searches: list["Search"], items: list | None = None) -> str:
+    """A dry run of searches: each one's state and the training left, priced by the bench table of
+    this device and thread count (the repository's tables, wherever the studies live)."""
+    device = search_device()
+    choice = choose_table(device)
+    lines = [f"{len(searches)} searches on {device}; " + choice.describe(device)]
+    total, unknown = 0.0, 0
     for search in searches:
-        line, cost = search.describe(ms)
+        line, cost = search.describe(choice.ms)
         lines.append("  " + line)
-        total += cost or 0.0
-    lines.append(f"left in all: at most {total / 3600:.2f} h of training (pruning cuts most trials short)")
+        total, unknown = total + (cost or 0.0), unknown + (cost is None)
+    left = ("unknown hours" if searches and unknown == len(searches) else
+            f"at most {format_duration(total)}" + (f" plus {unknown} searches of unknown cost" if unknown else ""))
+    lines.append(f"left in all: {left} of training (pruning cuts most trials short)")
     return "\n".join(lines)
+
+
+def search_device() -> str:
+    """The bench name of the device searches use here: a GPU's name, or '<CPU model> x<threads>'."""
+    device = resolve_device("auto")
+    return f"{cpu_model()} x{torch.get_num_threads()}" if device.type == "cpu" else device_name(device, bench=True)
+
+
+def preflight(searches: list["Search"]) -> list[str]:
+    """One line per missing piece (data, optional package, device) of the searches, with its fix."""
+    return problems(search.full_run_config() for search in searches)
 
 
 def run_worker(argv: list[str]) -> None:

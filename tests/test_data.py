@@ -16,6 +16,7 @@ import torch
 from benchmarks import data, synth
 from benchmarks.data import DataError
 from benchmarks.workloads import WORKLOADS, load_dataset
+from scripts import download_data
 
 
 DATA = Path(os.environ.get("LOCOPROP_DATA", "data"))  # tests/conftest.py: the shared copy when present
@@ -372,3 +373,22 @@ def test_faces_synth_missing_olivetti(tmp_path):
     (tmp_path / "olivettifaces.mat").write_bytes(b"garbage")
     with pytest.raises(DataError, match="olivettifaces.mat"):
         synth.faces_synth(10, 10, seed=0, olivetti_path=tmp_path / "olivettifaces.mat")
+
+
+@pytest.mark.parametrize("dataset, folder", [("mnist", "mnist"), ("curves", "curves"), ("faces", "faces"),
+                                             ("faces_synth", "olivetti")])
+def test_a_missing_data_file_names_make_data_and_locoprop_data(tmp_path, dataset, folder):
+    with pytest.raises(data.DataError) as err:
+        load_dataset(dataset, root=str(tmp_path / folder), n_train=0, n_test=0)
+    message = str(err.value)
+    assert "make data" in message and f"--datasets {folder}" in message and "LOCOPROP_DATA" in message
+
+
+def test_make_data_checks_the_olivetti_file_it_finds_or_fetches(tmp_path):
+    folder = tmp_path / "olivetti"
+    folder.mkdir()
+    scipy.io.savemat(folder / "olivettifaces.mat", {"faces": np.zeros((4096, 400), dtype=np.float64)})
+    with pytest.raises(data.DataError, match="uint8"):
+        download_data.fetch_olivetti(folder)  # present, so nothing is downloaded; the wrong dtype is refused
+    scipy.io.savemat(folder / "olivettifaces.mat", {"faces": np.full((4096, 400), 7, dtype=np.uint8)})
+    assert download_data.fetch_olivetti(folder) == folder / "olivettifaces.mat"

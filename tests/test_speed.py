@@ -82,4 +82,31 @@ def test_flop_counter_counts_every_matmul_form_exactly():
     for name, expected in (("sgd", _exact_flops(sizes, n)), ("locoprop_m", _exact_flops(sizes, n, inner_steps=10))):
         model = build_autoencoder(sizes=sizes)
         opt = make_optimizer(model, OmegaConf.to_container(compose_config([f"optimizer={name}"]).optimizer))
-        assert speed.count_flops(make_step(model, opt), x) == expected, name
+        assert speed.count_flops(make_step(model, opt), x) == {torch.float32: expected}, name
+
+
+def test_muon_counts_its_newton_schulz_iterations_exactly_and_as_bf16_work():
+    """Muon = a back-prop step in float32 plus, per hidden matrix (m <= n after transposing), ns_steps
+    Newton-Schulz iterations of X X^T (2m^2 n), the quintic term A A (2m^3) and B X (2m^2 n), in bf16."""
+    from benchmarks.config import compose_config
+    from benchmarks.models import build_autoencoder
+    from benchmarks.optimizers import make_optimizer, make_step
+    from omegaconf import OmegaConf
+
+    sizes, n = [20, 12, 4, 12, 20], 16
+    cfg = OmegaConf.to_container(compose_config(["optimizer=muon"]).optimizer)
+    model = build_autoencoder(sizes=sizes)
+    counts = speed.count_flops(make_step(model, make_optimizer(model, cfg)), torch.rand(n, sizes[0]), steps=3)
+    hidden = [sorted(p) for p in zip(sizes[1:-2], sizes[2:-1])]  # the first and last layers go to AdamW
+    newton_schulz = sum(cfg["ns_steps"] * (4 * m * m * k + 2 * m ** 3) for m, k in hidden)
+    assert counts == {torch.float32: _exact_flops(sizes, n), torch.bfloat16: newton_schulz}
+
+
+def test_a_fraction_of_peak_above_one_is_flagged_never_printed_as_a_percentage():
+    peaks = {torch.float32: 100.0, torch.bfloat16: 400.0}  # GFLOP/s
+    flops = {torch.float32: 50e9, torch.bfloat16: 100e9}  # 0.5 s + 0.25 s at peak
+    assert speed.fraction_of_peak(flops, 1.0, peaks) == pytest.approx(0.75)
+    assert speed.fraction_of_peak(flops, 0.5, peaks) == pytest.approx(1.5)
+    row = {"dataset": "curves", "optimizer": "kfac", "fraction_of_peak": 1.5, "status": "count wrong"}
+    table = speed.markdown_table([row], "cpu x1", 100.0)
+    assert "| count wrong |" in table and "150.0" not in table
