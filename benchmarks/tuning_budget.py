@@ -19,6 +19,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from benchmarks.results import WORKLOAD_ORDER, optimizer_label, workload_of
+
 WITHIN = 0.05  # "within 5%": a value at most this fraction above the reference
 NEVER = "never within budget"
 
@@ -124,3 +126,44 @@ def budget_rows(studies: Iterable[dict[str, Any]], best_final: dict[str, tuple[s
                      "best_final_optimizer": final_name, "best_final": final,
                      "to_best_final": trials_to_reach(curve, final)})
     return pd.DataFrame(rows)
+
+
+def _trials_text(k: float | None) -> str:
+    return NEVER if k is None or pd.isna(k) else str(int(k))
+
+
+def budget_markdown(rows: pd.DataFrame, order: list[str]) -> str:
+    """The table (one row per study, data sets in the paper's order, optimizers in `order`) and,
+    per data set, the best final loss it is measured against, the fewest trials to reach it, and
+    which studies were drawn with common random numbers."""
+    head = ["data set", "optimizer", "sampler", "trials (diverged)", "study's best",
+            "trials to within 5% of it", "trials to within 5% of the best final loss"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rank = {name: i for i, name in enumerate(order)}
+    rows = rows.assign(_w=[WORKLOAD_ORDER.index(d) if d in WORKLOAD_ORDER else len(WORKLOAD_ORDER) for d in rows["dataset"]],
+                       _o=[rank.get(o, len(rank)) for o in rows["optimizer"]]).sort_values(["_w", "_o", "optimizer"])
+    notes = []
+    for dataset, own in rows.groupby("dataset", sort=False):
+        label = workload_of(dataset).label
+        for _, r in own.iterrows():
+            lines.append("| " + " | ".join([
+                label, optimizer_label(r["optimizer"]), r["sampler"], f"{r['trials']} ({r['diverged']})",
+                f"{r['own_best']:,.2f}" if math.isfinite(r["own_best"]) else "every trial diverged",
+                _trials_text(r["to_own_best"]), _trials_text(r["to_best_final"])]) + " |")
+        first = own.iloc[0]
+        sentence = f"- {label}: measured against the best mean final train loss, {optimizer_label(first['best_final_optimizer'])}'s"
+        sentence += f" {first['best_final']:,.2f}" if math.isfinite(first["best_final"]) else " (none yet)"
+        reached = own.dropna(subset=["to_best_final"])
+        if len(reached):
+            fewest = int(reached["to_best_final"].min())
+            names = [optimizer_label(o) for o in reached.loc[reached["to_best_final"] == fewest, "optimizer"]]
+            sentence += f"; fewest trials to within 5% of it: {', '.join(names)} ({fewest})"
+        never = [optimizer_label(o) for o in own.loc[own["to_best_final"].isna(), "optimizer"]]
+        if never:
+            sentence += f"; {NEVER}: {', '.join(never)}"
+        shared = [optimizer_label(o) for o in own.loc[own["sampler"] != "keyed", "optimizer"]]
+        if shared:
+            sentence += (f". Drawn wholly or partly by the count-seeded sampler (the same random stream in every "
+                         f"study, so these curves are not independent of each other): {', '.join(shared)}")
+        notes.append(sentence + ".")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
