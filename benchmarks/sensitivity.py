@@ -208,7 +208,9 @@ def sensitivity_verdict(points: pd.DataFrame, with_winner: list[str]) -> str:
         if pending:
             parts.append("not settled: " + ", ".join(pending))
         lines.append(f"- {title.capitalize()}, " + "; ".join(parts) + ".")
+    if points.empty:
+        return "No sensitivity run on this workload yet."
     missing = [o for o in _order(with_winner) if o not in set(points["optimizer"])]
     if missing:
-        lines.append("- No sensitivity run yet: " + ", ".join(_label(o) for o in missing) + ".")
-    return "\n".join(lines) if lines else "No sensitivity run yet."
+        lines.append("- No sensitivity run: " + ", ".join(_label(o) for o in missing) + ".")
+    return "\n".join(lines)

@@ -34,7 +34,7 @@ import pandas as pd
 from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, family_of, load_runs,
                                 mean_std, optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
                                 workload_of, write_json, write_text)
-from scripts import figures, scaling, summary
+from scripts import figures, scaling, summary, tuning_report
 
 ROOT = Path("results/reference/cpu")
 BENCH = Path("results/bench/intel_xeon_processor_family_6_model_167_x1.json")
@@ -582,6 +582,7 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
 
     blocks = {"headline": headline, "tuning": tuning_table(studies),
               "provenance": provenance_markdown(all_results, bench_path, device)}
+    blocks.update(tuning_report.blocks(all_results, studies, target_root, draw))
     for results in all_results:
         blocks[f"workload-{results.name}"] = "\n\n".join([workload_table(results, by_key), verdicts(results),
                                                           gaps_table(results)])
