@@ -329,7 +329,8 @@ def best_trial(trials: list[Any]) -> Any | None:
 def read_studies(root: str | Path) -> Iterator[dict[str, Any]]:
     """Every study under `<root>/<dataset>/tuning/<dataset>/<optimizer>.db` as plain records: its
     protocol, its trials (state, setting, how it ended, whether its worker was lost, whether its
-    setting was enqueued rather than drawn, the sampler that drew it) and its winner."""
+    setting was enqueued rather than drawn, the sampler that drew it, the last running loss it
+    reported) and its winner."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -346,7 +347,8 @@ def read_studies(root: str | Path) -> Iterator[dict[str, Any]]:
                     "enqueued": "retry_of" in t.user_attrs or "failed_trial" in t.system_attrs
                     or "fixed_params" in t.system_attrs,
                     "sampler": t.user_attrs.get("sampler"),
-                    "last_epoch": max(t.intermediate_values) if t.intermediate_values else None}
+                    "last_epoch": max(t.intermediate_values) if t.intermediate_values else None,
+                    "last_value": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None}
                    for t in trials]
         best = best_trial(trials)
         yield {"dataset": dataset, "optimizer": optimizer, "protocol": study.user_attrs.get("protocol"),

@@ -36,7 +36,7 @@ from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_
                                 workload_of, write_json, write_text)
 from benchmarks.plateau import PLATEAU_FILE, plateau_of, plateau_record
 from benchmarks.statistics import gap_standard_error, seed_test
-from scripts import figures, scaling, summary
+from scripts import figures, scaling, summary, tuning_report
 
 ROOT = Path("results/reference/cpu")
 PUBLISHED_GROUP = "published"  # runs of an optimizer's published defaults (not searched)
@@ -698,6 +698,7 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
 
     blocks = {"headline": headline, "tuning": tuning_table(studies),
               "provenance": provenance_markdown(all_results, bench_path, device)}
+    blocks.update(tuning_report.blocks(all_results, studies, target_root, draw))
     for results in all_results:
         blocks[f"workload-{results.name}"] = "\n\n".join([workload_table(results, by_key), verdicts(results),
                                                           gaps_table(results)])

@@ -124,3 +124,24 @@ def test_a_row_not_finished_says_how_far_it_is():
     text = report.comparison_markdown(frame.reset_index(), results, {(second, "sgd"): study})
     line = next(l for l in text.splitlines() if l.startswith("| SGD |"))
     assert f"(1 of {report.SEEDS} seeds)" in line and "| searching (3 of 8 trials) |" in line
+
+
+def block(text: str, name: str) -> str:
+    return text.split(f"<!-- report:{name}:begin -->", 1)[1].split(f"<!-- report:{name}:end -->", 1)[0]
+
+
+def test_the_tuning_tables_cover_every_study_and_an_edit_is_caught(regenerated, tmp_path):
+    """The tuning-budget table has a row per committed study and the sensitivity block a section per
+    workload; a number changed by hand in either block no longer matches its regeneration."""
+    text = (regenerated / report.DOCS).read_text()
+    budget, sensitivity = block(text, "tuning-budget"), block(text, "sensitivity")
+    studies = sorted(report.ROOT.glob("*/tuning/*/*.db"))
+    assert sum(line.startswith("| ") for line in budget.splitlines()) == len(studies) + 1  # + the header
+    assert all(f"**{r.label}**" in sensitivity for r in report.load_workloads(report.ROOT, report.bench_ms_per_step(report.BENCH)))
+    for name, body in (("tuning-budget", budget), ("sensitivity", sensitivity)):
+        copy = tmp_path / name
+        shutil.copytree(regenerated, copy)
+        number = next(token for token in body.replace("|", " ").split() if token.replace(".", "").isdigit() and "." in token)
+        edited = body.replace(number, f"{float(number) + 0.01:.2f}", 1)
+        (copy / report.DOCS).write_text(text.replace(body, edited))
+        assert report.stale_files(copy) == [report.DOCS.as_posix()]
