@@ -31,11 +31,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.config import compose_config
+from benchmarks.figure_files import figure_style, save_figure
 from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import PRECISIONS, make_optimizer, make_step, optimizer_names
 from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name, load_average
@@ -236,22 +238,16 @@ def scaling_plot(rows: list[dict[str, Any]], path: Path) -> None:
     """ms/step against parameter count (width and depth multipliers at batch 1000), one line per
     optimizer (log-log); the batch-size rows are in the table."""
     rows = [r for r in rows if r.get("batch_size") == 1000]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for name in dict.fromkeys(r["optimizer"] for r in rows):
-        pts = sorted((r["n_params"], r["ms_per_step"]) for r in rows if r["optimizer"] == name and r.get("ms_per_step"))
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=name)
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="ms / step")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    for suffix in (".png", ".pdf"):
-        fig.savefig(path.with_suffix(suffix))
-    plt.close(fig)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for name in dict.fromkeys(r["optimizer"] for r in rows):
+            pts = sorted((r["n_params"], r["ms_per_step"]) for r in rows if r["optimizer"] == name and r.get("ms_per_step"))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="ms / step")
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        save_figure(fig, path, tight=False)
 
 
 def busy_note(load: dict[str, Any]) -> str | None:

@@ -3,22 +3,25 @@
     python -m scripts.figures --results results --group default [--out DIR] [--time measured|bench]
 
 Per dataset: train loss vs epoch, train loss vs wall-clock, test loss vs epoch, and a grid of
-test reconstructions; across datasets: an overview of the curves, the median time per step and a
-Dolan-More performance profile (with at least two datasets; with one it would be degenerate).
+test reconstructions; across datasets: an overview of the curves (with a linear zoom on the best
+finals) and the median time per step. For the reference comparison (`make report`) the paper's
+optimizers and LocoProp's relatives get one figure and the modern family a companion, each with a
+caption computed from the runs (machines, seeds, stand-in data, how time is priced).
 Each line is one configuration (runs differing only in their seed), the mean over its seeds with
 the min..max range shaded; a sweep's configurations get one line each, labelled by what differs.
 Runs that diverged (or failed) are drawn on their own up to their last finite value, end in an
-'x' and are counted in the legend. `--time bench` puts steps x the ms/step of this machine's quiet
-`make bench` table on the time axis instead of the measured seconds (which a loaded machine
-inflates); the axis label says which. Every figure is saved as PNG and PDF without time stamps
-(the same runs give the same files), and `provenance.json` lists the runs and configs behind each
-figure.
+'x' (or a triangle at the top edge when that value lies above the healthy runs' range, which the
+axis keeps) and are counted in the legend. `--time bench` puts steps x the ms/step of this
+machine's quiet `make bench` table on the time axis instead of the measured seconds (which a loaded
+machine inflates); the axis label says which. Every figure is saved as PNG and PDF through
+benchmarks.figure_files (the same runs give the same bytes), and `provenance.json` lists the runs
+and configs behind each figure.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,14 +35,12 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks.figure_files import figure_style, save_figure as save_files  # noqa: E402
 from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step,  # noqa: E402
-                                default_style, load_reconstructions, load_runs_or_explain, optimizer_info, optimizer_label, provenance, run_record,
+                                default_style, family_of, load_reconstructions, load_runs_or_explain, optimizer_info, optimizer_label, provenance, run_record,
                                 setting_name, setting_text, varying_settings, workload_of, write_json)
 
 COLUMN_WIDTH, FULL_WIDTH = 3.3, 6.8  # inches: one paper column, the full page width
-STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 6.5,
-         "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.linewidth": 0.6, "lines.linewidth": 1.0,
-         "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 300}
 
 _CONFIG_DASHES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 2)), (0, (4, 2, 1, 2, 1, 2)))
 METRIC_LABELS = {"train_ce": "train cross-entropy (nats, summed over pixels)",
@@ -62,12 +63,18 @@ def style_for(optimizer: str) -> dict[str, Any]:
     return {"label": info["label"], **info["style"]}
 
 
+# labelled ticks per decade by the plotted span (max / min): dense ticks only on a short span, where
+# the labels stay apart (on 50..600, 1..9 per decade made 70, 80, 90, 100 overlap)
+LOG_TICKS = ((8.0, (1.0, 2.0, 5.0)), (2.5, (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)),
+             (0.0, (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)))
+
+
 def _log_axis(axis, values: np.ndarray) -> None:
     """Log scale with labelled ticks across the plotted range, written plainly (20, 50, 136)."""
     finite = values[np.isfinite(values) & (values > 0)]
     axis.axes.set_yscale("log") if axis is axis.axes.yaxis else axis.axes.set_xscale("log")
     span = finite.max() / finite.min() if finite.size else 10.0
-    subs = (1.0, 2.0, 5.0) if span > 20 else (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    subs = next(subs for limit, subs in LOG_TICKS if span > limit)
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     formatter = ScalarFormatter()
     formatter.set_scientific(False)
@@ -89,6 +96,22 @@ def _diverged_key() -> Line2D:
     """Legend entry explaining the 'x' that ends a diverged run's line."""
     return Line2D([], [], marker="x", color="#555555", linestyle="none", markersize=5,
                   label="x: diverged (last finite value)")
+
+
+ABOVE_MARKER, ABOVE_GID = r"$\uparrow$", "diverged-above"  # a diverged run's end above the axis
+
+
+def _above_key() -> Line2D:
+    """Legend entry explaining the arrow on the top edge: a run that diverged above the axis."""
+    return Line2D([], [], marker=ABOVE_MARKER, color="#555555", linestyle="none", markersize=6,
+                  label="arrow on the top edge: diverged above the axis")
+
+
+def _diverged_keys(axes: Iterable) -> list[Line2D]:
+    """The legend entries for the diverged runs' marks drawn on these axes."""
+    lines = [line for ax in axes for line in ax.get_lines()]
+    keys = [_diverged_key()] if any(line.get_marker() == "x" for line in lines) else []
+    return keys + ([_above_key()] if any(line.get_gid() == ABOVE_GID for line in lines) else [])
 
 
 LEGEND_FAMILIES = ("local_loss", "second_order", "first_order", "target_propagation", "modern", "other")
@@ -150,10 +173,13 @@ def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = 
     """One line per configuration on `ax`: seed mean with min..max shading, diverged runs marked 'x'.
 
     Rows without the metric (epochs between full evaluations) are skipped. Against time, a
-    point's x is the seeds' mean training time at that epoch. Returns the run directories drawn.
+    point's x is the seeds' mean training time at that epoch. The y-range is the healthy runs'
+    (see _mark_ends for the diverged ones). Returns the run directories drawn.
     """
     drawn: list[str] = []
-    plotted: list[np.ndarray] = []
+    plotted: list[np.ndarray] = []  # the healthy runs' values: they set the y-range
+    diverged: list[np.ndarray] = []
+    ends: list[tuple[float, float, str]] = []  # (x, y, colour) of each diverged run's last finite value
     for label, own, style in _configs(runs):
         healthy = own[own["status"].isin(HEALTHY)]
         bad = own[~own["status"].isin(HEALTHY)]
@@ -177,13 +203,14 @@ def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = 
             if not len(m):
                 continue
             ax.plot(m[x], m[y], label=label, alpha=0.7, **{**line_kw, "linewidth": 0.8})
-            ax.plot(m[x].iloc[-1], m[y].iloc[-1], marker="x", color=style["color"], markersize=5,
-                    markeredgewidth=1.2, linestyle="none", zorder=6)
-            plotted.append(m[y].to_numpy(float))
+            ends.append((float(m[x].iloc[-1]), float(m[y].iloc[-1]), style["color"]))
+            diverged.append(m[y].to_numpy(float))
             label = None
             drawn.append(run["run_dir"])
-    if plotted:
-        _log_axis(ax.yaxis, np.concatenate(plotted))
+    if plotted or diverged:
+        _log_axis(ax.yaxis, np.concatenate(plotted or diverged))
+    top = _fit_to(ax, plotted) if plotted else np.inf
+    _mark_ends(ax, ends, top)
     if x == "epoch":
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -192,6 +219,36 @@ def plot_curves(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str, x: str = 
     ax.set_ylabel(METRIC_LABELS.get(y, y))
     ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
     return drawn
+
+
+def _fit_to(ax, plotted: list[np.ndarray]) -> float:
+    """y-limits around the healthy runs' values (log axis, 5% margins), so a diverged run cannot
+    stretch the axis; returns the top."""
+    values = np.concatenate(plotted)
+    values = values[np.isfinite(values) & (values > 0)]
+    if not values.size:
+        return np.inf
+    low, high = float(values.min()), float(values.max())
+    margin = (high / low) ** 0.05 if high > low else 1.1
+    ax.set_ylim(low / margin, high * margin)
+    return high * margin
+
+
+def _mark_ends(ax, ends: list[tuple[float, float, str]], top: float) -> None:
+    """The end of each diverged run: an 'x' at its last finite value, or, when that lies above the
+    axis, a triangle on the top edge, the first of each colour labelled 'diverged'."""
+    labelled = set()
+    for x, y, color in ends:
+        if y <= top:
+            ax.plot(x, y, marker="x", color=color, markersize=5, markeredgewidth=1.2, linestyle="none", zorder=6)
+            continue
+        edge = ax.get_xaxis_transform()  # x in data, y in axes coordinates: the top edge at any zoom
+        ax.plot(x, 1.0, marker=ABOVE_MARKER, color=color, markersize=6, linestyle="none", zorder=6, clip_on=False,
+                transform=edge, gid=ABOVE_GID)
+        if color not in labelled:
+            labelled.add(color)
+            ax.annotate("diverged", (x, 1.0), xycoords=edge, xytext=(4, -3), textcoords="offset points",
+                        ha="left", va="top", fontsize=5.5, color=color, annotation_clip=False)
 
 
 MARKERS_PER_LINE = 6
@@ -221,7 +278,7 @@ def curve_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame, y: str
         print(f"{dataset}: nothing to draw for {y} against {x}", file=sys.stderr)
         return None, []
     ax.set_title(workload_of(dataset).label)
-    _legend_below(ax, extra=[_diverged_key()] if (~runs["status"].isin(HEALTHY)).any() else None)
+    _legend_below(ax, extra=_diverged_keys([ax]))
     return fig, drawn
 
 
@@ -255,11 +312,44 @@ def dataset_order(datasets: Iterable[str]) -> list[str]:
     return known + sorted(set(datasets) - set(known))
 
 
-def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = "wallclock_s"):
+ZOOM_FINALS = 4  # the overview's zoom reaches just above the mean final of the 4th best configuration
+
+
+def zoom_panel(ax, runs: pd.DataFrame, metrics: pd.DataFrame, y: str) -> list[str]:
+    """The healthy runs' train curves on a linear axis from just below the lowest loss to just above
+    the ZOOM_FINALS-th best mean final: the log view spans the initial loss, where the leaders, a
+    few percent apart, merge into one line. Curves above the top leave the frame."""
+    healthy = runs[runs["status"].isin(HEALTHY)]
+    finals = np.sort(final_scores(healthy).to_numpy(float).ravel()) if len(healthy) else np.array([])
+    finals = finals[np.isfinite(finals)]
+    drawn = plot_curves(ax, healthy, metrics, y, "epoch") if finals.size else []
+    if not drawn:
+        ax.set_visible(False)
+        return []
+    low = min(ax.dataLim.y0, finals[0])
+    top = finals[min(ZOOM_FINALS, finals.size) - 1]
+    span = max(top - low, 0.02 * top)
+    ax.set_yscale("linear")
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+    ax.set_ylim(low - 0.05 * span, top + 0.15 * span)
+    entering = [float(np.asarray(line.get_xdata(), float)[np.asarray(line.get_ydata(), float) <= top + 0.15 * span].min())
+                for line in ax.get_lines() if (np.asarray(line.get_ydata(), float) <= top + 0.15 * span).any()]
+    if entering:  # from the epoch the first curve enters the frame
+        ax.set_xlim(max(0.0, min(entering) - 2), ax.dataLim.x1)
+    ax.set_ylabel(SHORT_METRIC_LABELS.get(y, y) + ", zoom")
+    return drawn
+
+
+def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = "wallclock_s",
+                    zoom: bool = False, caption: str | None = None):
     """Full-width grid: one row per dataset; train vs epoch, train vs time, test vs epoch (the
-    paper's comparison figure when the runs span its three workloads)."""
+    paper's comparison figure when the runs span its three workloads); with `zoom`, a fourth column
+    zooms on the best finals (zoom_panel); `caption` is printed under the grid."""
     datasets = dataset_order(runs["dataset"].unique())
-    fig, axes = plt.subplots(len(datasets), 3, figsize=(FULL_WIDTH, 1.9 * len(datasets) + 0.4), squeeze=False)
+    ncols = 4 if zoom else 3
+    width = FULL_WIDTH * ncols / 3
+    fig, axes = plt.subplots(len(datasets), ncols, figsize=(width, 1.9 * len(datasets) + 0.4), squeeze=False)
     drawn: list[str] = []
     for row, dataset in enumerate(datasets):
         r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
@@ -268,6 +358,8 @@ def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = 
         for col, (y, x) in enumerate(panels):
             drawn += plot_curves(axes[row, col], r, m, y, x)
             axes[row, col].set_ylabel(SHORT_METRIC_LABELS.get(y, y))
+        if zoom:
+            drawn += zoom_panel(axes[row, 3], r, m, workload_of(dataset).primary_metric)
         axes[row, 0].set_title(workload_of(dataset).label, loc="left")
     # one entry per configuration within a data set; across data sets an optimizer's tuned settings
     # differ, and it keeps one look, so one entry per optimizer
@@ -277,11 +369,12 @@ def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = 
     handles = [Line2D([], [], label=label, markersize=3.5,
                       **{k: v for k, v in style.items() if k not in ("zorder", "label")})
                for label, _, style in entries]
-    if (~runs["status"].isin(HEALTHY)).any():
-        handles.append(_diverged_key())
+    handles += _diverged_keys(axes.ravel())
     fig.tight_layout()
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False,
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5 if ncols == 3 else 6), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
+    if caption:
+        fig.text(0.005, 0.0, textwrap.fill(caption, width=int(width * 20)), ha="left", va="top", fontsize=6.5)
     return fig, sorted(set(drawn))
 
 
@@ -402,7 +495,7 @@ def reconstruction_figure(dataset: str, runs: pd.DataFrame):
     return fig, drawn
 
 
-# ---------------------------------------------------------------- performance profile
+# ---------------------------------------------------------------- final losses
 
 
 def final_scores(runs: pd.DataFrame) -> pd.DataFrame:
@@ -424,52 +517,6 @@ def final_scores(runs: pd.DataFrame) -> pd.DataFrame:
         scores[(dataset, optimizer)] = best
     table = pd.Series(scores).unstack()
     return table[ordered(table.columns)]
-
-
-def performance_profile(scores: pd.DataFrame, taus: Iterable[float]) -> pd.DataFrame:
-    """Dolan-More profile: rho_s(tau) = fraction of datasets where score <= tau * best score.
-
-    `scores` is dataset x optimizer (lower is better, > 0; inf = failed, NaN = not run and left
-    out of that dataset's denominator); returns a tau x optimizer table.
-    """
-    best = scores.replace(np.inf, np.nan).min(axis=1)
-    usable = best > 0
-    if not usable.all():
-        warnings.warn(f"performance profile ignores datasets without a positive finite best: {list(best.index[~usable])}")
-    ratios = scores[usable].div(best[usable], axis=0)
-    counted = scores[usable].notna()
-    taus = np.asarray(list(taus), dtype=float)
-    rho = {opt: [((ratios[opt] <= tau) & counted[opt]).sum() / max(counted[opt].sum(), 1) for tau in taus]
-           for opt in scores.columns}
-    return pd.DataFrame(rho, index=pd.Index(taus, name="tau"))
-
-
-def profile_figure(runs: pd.DataFrame):
-    """The performance profile; None (with a note) for fewer than two datasets, where every curve is a step."""
-    scores = final_scores(runs)
-    if len(scores) < 2:
-        print(f"performance profile not drawn: it needs at least two datasets, these runs have {len(scores)} "
-              "(with one, every optimizer's curve is a single step at its ratio to the best)", file=sys.stderr)
-        return None, []
-    best = scores.replace(np.inf, np.nan).min(axis=1)
-    ratios = scores.div(best, axis=0).to_numpy(float)
-    finite = ratios[np.isfinite(ratios)]
-    top = max(2.0, float(finite.max()) * 1.1) if finite.size else 2.0
-    taus = np.unique(np.concatenate([[1.0, top], finite[finite >= 1.0]]))
-    rho = performance_profile(scores, taus)
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.3))
-    for optimizer in rho.columns:
-        style = style_for(optimizer)
-        ax.step(rho.index, rho[optimizer], where="post", label=style["label"],
-                **{k: style[k] for k in ("color", "linestyle", "linewidth", "zorder")})
-    _log_axis(ax.xaxis, np.array([1.0, top]))
-    ax.set_xlim(1.0, top)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel(r"$\tau$ (final train loss / best on the dataset)")
-    ax.set_ylabel(f"fraction of datasets ({len(scores)})")
-    ax.grid(True, linewidth=0.3, alpha=0.5)
-    _legend_below(ax)
-    return fig, sorted(runs["run_dir"])
 
 
 # ---------------------------------------------------------------- ablations
@@ -555,24 +602,11 @@ def ablation_figure(dataset: str, runs: pd.DataFrame, metrics: pd.DataFrame):
 # ---------------------------------------------------------------- output
 
 
-# No time stamp, version or commit in the files: a figure redrawn from the same runs is the same file.
-FILE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": "scripts.figures", "Producer": None, "CreationDate": None}}
-
-
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
-    """PNG + PDF, written atomically (temporary file + rename); provenance.json says what is drawn."""
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{name}.{ext}"
-        tmp = out_dir / f".{name}.{ext}.tmp"
-        try:
-            fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=FILE_METADATA[ext])
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    """PNG + PDF through benchmarks.figure_files (atomic, no time stamps); prints each path."""
+    paths = save_files(fig, out_dir / name)
+    for path in paths:
         print(path)
-        paths.append(path)
-    plt.close(fig)
     return paths
 
 
@@ -596,7 +630,7 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
         files = save_figure(fig, out_dir, name)
         record[name] = {"files": [p.name for p in files], "runs": relative(drawn)}
 
-    with plt.rc_context(STYLE):
+    with figure_style():
         for dataset in dataset_order(runs["dataset"].unique()):
             r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
             primary = workload_of(dataset).primary_metric
@@ -608,27 +642,104 @@ def make_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path, resul
             emit(f"{dataset}_reconstructions", *reconstruction_figure(dataset, r))
         emit("overview", *overview_figure(runs, metrics, time_axis))
         emit("step_time", *step_time_figure(runs, bench, bench_device(bench_dir) if bench is not None else None))
-        emit("performance_profile", *profile_figure(runs))
     return record
+
+
+REFERENCE_ROWS = 3  # the modern figure's reference: the paper field's best rows on each workload
+
+
+def is_modern(optimizers: pd.Series) -> pd.Series:
+    """The modern family (absent from the paper), drawn and ranked apart from the paper's field."""
+    return optimizers.map(lambda name: family_of(name) == "modern")
+
+
+def field_best(runs: pd.DataFrame, n: int = REFERENCE_ROWS) -> dict[str, list[str]]:
+    """dataset -> the n optimizers of the paper's field (every family but the modern one) with the
+    lowest mean final train loss, best first."""
+    field = runs[~is_modern(runs["optimizer"])]
+    scores = final_scores(field) if len(field) else pd.DataFrame()
+    return {dataset: list(row.dropna().sort_values(kind="stable").index[:n]) for dataset, row in scores.iterrows()}
+
+
+def comparison_runs(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The runs of each comparison figure: the paper's optimizers with LocoProp's relatives; the
+    modern family with, for reference, the field's best rows on each workload."""
+    modern = is_modern(runs["optimizer"])
+    best = field_best(runs)
+    reference = pd.Series([o in best.get(d, []) for d, o in zip(runs["dataset"], runs["optimizer"])], index=runs.index)
+    return {"paper_comparison": runs[~modern], "modern_comparison": runs[modern | reference] if modern.any() else runs[:0]}
+
+
+def _seeds_text(runs: pd.DataFrame) -> str:
+    """'3 seeds per row', or the common count and the rows that differ."""
+    counts = runs.groupby(["dataset", "optimizer"])["seed"].nunique()
+    common = int(counts.mode().iloc[0])
+    odd = [f"{optimizer_label(o)} on {workload_of(d).label}: {k}" for (d, o), k in counts.items() if k != common]
+    return f"{common} seeds per row" + (f" (except {'; '.join(odd)})" if odd else "")
+
+
+def comparison_captions(runs: pd.DataFrame, bench_path: Path) -> dict[str, str]:
+    """The caption of each comparison figure, from the runs and the bench table: the machines, the
+    seeds per row, real or stand-in data per workload, how time is priced, what the marks mean."""
+    datasets = dataset_order(runs["dataset"].unique())
+    data = []
+    for dataset in datasets:
+        w = workload_of(dataset)
+        data.append(f"{w.label}: a generated stand-in for {workload_of(w.stand_in_for).label}" if w.stand_in_for
+                    else f"{w.label}: the real data set" if w.paper else w.label)
+    devices = sorted({str(d) for d in runs["device"].dropna()}) if "device" in runs else []
+    models = runs["cpu_model"].dropna().nunique() if "cpu_model" in runs else 0
+    common = (f"Runs: {', '.join(devices) or 'device not recorded'}"
+              + (f" on {models} CPU model{'s' if models != 1 else ''} (provenance in docs/results.md)" if models else "")
+              + f"; data: {'; '.join(data)}. Time: epochs x steps per epoch x the quiet bench's ms/step of one "
+              f"machine for every workload, {bench_device(bench_path)} ({Path(bench_path).name}), not measured "
+              f"seconds. Last column: a linear zoom up to the {ZOOM_FINALS}th best mean final. "
+              "x: a diverged run's last finite value; arrow on the top edge: diverged above the axis, which "
+              "keeps the range of the healthy runs.")
+    split = comparison_runs(runs)
+    captions = {}
+    field = split["paper_comparison"]
+    if len(field):
+        captions["paper_comparison"] = (f"The paper's optimizers and LocoProp's relatives; a line is the mean over "
+                                        f"{_seeds_text(field)}, the band their min..max. " + common)
+    modern = split["modern_comparison"]
+    if len(modern):
+        names = ", ".join(optimizer_label(o) for o in ordered(modern.loc[is_modern(modern["optimizer"]), "optimizer"]))
+        reference = "; ".join(f"{workload_of(d).label}: {', '.join(optimizer_label(o) for o in best)}"
+                              for d, best in sorted(field_best(runs).items(), key=lambda kv: datasets.index(kv[0]))
+                              if best)
+        captions["modern_comparison"] = (f"The modern optimizers, absent from the paper ({names}), with the "
+                                         f"{REFERENCE_ROWS} best rows of the paper's field on each workload for "
+                                         f"reference ({reference}); a line is the mean over {_seeds_text(modern)}, "
+                                         "the band their min..max. " + common)
+    return captions
 
 
 def make_comparison_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path,
                             bench_path: Path) -> dict[str, Any]:
     """Across workloads: the paper's comparison figure (a row per workload: train loss against
-    epochs and against bench time, test loss against epochs), the performance profile and the
-    bench's step times. Time is steps x the quiet bench's ms/step of one machine."""
+    epochs and against bench time, test loss against epochs, a zoom on the best finals) for the
+    paper's field, its companion for the modern family, and the bench's step times. Time is steps x
+    the quiet bench's ms/step of one machine; each comparison figure carries its caption."""
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = bench_ms_per_step(bench_path)
     metrics = with_bench_time(runs, metrics, bench).assign(bench_s=lambda m: m["wallclock_s"])
+    paths = dict(zip(runs["run_dir"], runs["dataset"] + "/" + runs["run_path"]))
+    captions = comparison_captions(runs, bench_path)
+    split = comparison_runs(runs)
+    drawers = {name: (lambda name=name: overview_figure(split[name], metrics, "bench_s", zoom=True,
+                                                        caption=captions[name]))
+               for name in ("paper_comparison", "modern_comparison") if name in captions}
+    drawers["step_time"] = lambda: step_time_figure(runs, bench, bench_device(bench_path))
     record: dict[str, Any] = {}
-    with plt.rc_context(STYLE):
-        for name, (fig, drawn) in (("paper_comparison", overview_figure(runs, metrics, "bench_s")),
-                                   ("performance_profile", profile_figure(runs)),
-                                   ("step_time", step_time_figure(runs, bench, bench_device(bench_path)))):
+    with figure_style():
+        for name, draw in drawers.items():
+            fig, drawn = draw()
             if fig is not None:
-                paths = dict(zip(runs["run_dir"], runs["dataset"] + "/" + runs["run_path"]))
                 record[name] = {"files": [p.name for p in save_figure(fig, out_dir, name)],
                                 "runs": sorted(paths.get(r, str(r)) for r in drawn)}
+                if name in captions:
+                    record[name]["caption"] = captions[name]
     return record
 
 
@@ -636,7 +747,7 @@ def make_ablation_figures(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Pa
                           results_dir: Path | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {}
-    with plt.rc_context(STYLE):
+    with figure_style():
         for dataset in sorted(runs["dataset"].unique()):
             r, m = runs[runs["dataset"] == dataset], metrics[metrics["dataset"] == dataset]
             fig, drawn = ablation_figure(dataset, r, m)

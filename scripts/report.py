@@ -602,6 +602,22 @@ def provenance_markdown(all_results: list[WorkloadResults], bench_path: Path, be
     return "\n".join(lines).rstrip()
 
 
+# ----------------------------------------------------------------------------- figures
+
+FIGURE_TEXT = {"paper_comparison": "the paper's optimizers and LocoProp's relatives",
+               "modern_comparison": "the modern optimizers, with the paper field's best rows for reference"}
+
+
+def figures_block(all_results: list[WorkloadResults], root: Path, bench_path: Path) -> str:
+    """docs/results.md's comparison figures, each linked with its caption (the one drawn in it)."""
+    runs = pd.concat([r.runs for r in all_results], ignore_index=True)
+    folder = Path("..") / root / "figures"
+    parts = []
+    for name, caption in figures.comparison_captions(runs, bench_path).items():
+        parts.append(f"![{FIGURE_TEXT[name]}]({(folder / name).as_posix()}.png)\n\n{caption}")
+    return "\n\n".join(parts)
+
+
 # ----------------------------------------------------------------------------- writing
 
 def replace_block(text: str, name: str, body: str, where: str) -> str:
@@ -696,7 +712,7 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
                    {"provenance": provenance(runs), "bench": bench_path.as_posix(), "figures": record})
     write_text(target_root / "README.md", folder_readme(all_results, root))
 
-    blocks = {"headline": headline, "tuning": tuning_table(studies),
+    blocks = {"headline": headline, "tuning": tuning_table(studies), "figures": figures_block(all_results, root, bench_path),
               "provenance": provenance_markdown(all_results, bench_path, device)}
     blocks.update(tuning_report.blocks(all_results, studies, target_root, draw))
     for results in all_results:

@@ -39,7 +39,7 @@ IMAGE_SHAPE = {"curves_synth": (28, 28), "faces_synth": (25, 25)}
 
 def _rows(dataset: str, optimizer: str, seed: int, losses: list[float]) -> list[dict]:
     """metrics.csv rows: test = train + 5 (CE) or + 10 (SE); CE datasets also get SE = CE / 10."""
-    epoch_time = SECONDS_PER_EPOCH[optimizer] * (1 + 0.5 * seed)
+    epoch_time = SECONDS_PER_EPOCH.get(optimizer, 1.0) * (1 + 0.5 * seed)
     rows = []
     for epoch, loss in enumerate(losses):
         row = {"epoch": epoch, "lr": 0.01 if epoch else 0.0, "train_loss": loss if epoch else NAN,

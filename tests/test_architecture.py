@@ -5,7 +5,9 @@ Parsed with `ast`, so a forbidden import fails here before it can turn into a cy
   scripts 3); locoprop and baselines use the standard library and torch only;
 - project modules are imported at module level, never inside a function (which would hide a cycle);
 - no two modules import each other, directly or through others;
-- the report scripts (figures, summary) see results only through `benchmarks.results`.
+- the report scripts (figures, summary, report) see results only through `benchmarks.results`; the
+  other benchmarks modules they use read no runs or studies (READS_NO_RESULTS: statistics, the
+  mean-image plateau of the data, the figure files' settings).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 LEVELS = {"locoprop": 0, "baselines": 1, "benchmarks": 2, "scripts": 3}
 TORCH_ONLY = ("locoprop", "baselines")
 REPORTS = ("scripts.figures", "scripts.summary", "scripts.report")
+READS_NO_RESULTS = {"benchmarks.figure_files", "benchmarks.statistics", "benchmarks.plateau"}
 
 
 def modules() -> dict[str, Path]:
@@ -97,7 +100,7 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("report", REPORTS)
 def test_report_scripts_read_results_through_one_module(report):
-    used = {t for t in project_edges()[report] if t.startswith("benchmarks")}
+    used = {t for t in project_edges()[report] if t.startswith("benchmarks")} - READS_NO_RESULTS
     assert used == {"benchmarks.results"}, f"{report} reaches into {sorted(used - {'benchmarks.results'})}"
 
 

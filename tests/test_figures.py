@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.figure_files import figure_style
 from benchmarks.optimizers import optimizer_names
 from scripts import figures
 from benchmarks.results import load_runs
@@ -31,7 +32,7 @@ DATASETS = ("curves_synth", "faces_synth")
 FIGURES = [f"{d}_{kind}" for d in DATASETS
            for kind in ("train_vs_epoch", "train_vs_epoch_late", "train_vs_time", "train_vs_time_late",
                         "test_vs_epoch", "reconstructions")]
-FIGURES += ["overview", "step_time", "performance_profile"]
+FIGURES += ["overview", "step_time"]
 
 
 @pytest.fixture(scope="module")
@@ -118,22 +119,12 @@ def test_partial_results_one_dataset_all_seeds_diverged(tmp_path):
     built = [figures.curve_figure("faces_synth", runs, metrics, "train_se", "wallclock_s"),
              figures.overview_figure(runs, metrics), figures.step_time_figure(runs),
              figures.reconstruction_figure("faces_synth", runs)]
-    assert figures.profile_figure(runs) == (None, [])  # one dataset: a profile would be degenerate
     for fig, drawn_runs in built:
         fig.canvas.draw()  # render (no file): catches e.g. log axes without finite data
         assert drawn_runs
         plt.close(fig)
     legend = [t.get_text() for t in built[0][0].axes[0].get_legend().get_texts()]
     assert "SGD (diverged 2/2)" in legend
-
-
-def test_one_dataset_profile_is_not_drawn_and_says_why(tmp_path, capsys):
-    from tests.fixtures import write_run
-
-    write_run(tmp_path, "curves_synth", "adam", 0, [100, 50, 30])
-    runs, _ = load_runs(tmp_path, "default")
-    assert figures.profile_figure(runs) == (None, [])
-    assert "needs at least two datasets" in capsys.readouterr().err
 
 
 def test_axes_are_honest_log_ticks_units_integer_epochs_linear_step_time(tmp_path):
@@ -204,20 +195,87 @@ def test_styles_are_fixed_distinct_and_locoprop_stands_out():
     assert figures.ordered(["sgd", "zzz", "locoprop_m", "adam"]) == ["locoprop_m", "adam", "sgd", "zzz"]
 
 
-def test_performance_profile_hand_case():
-    # best per dataset: d1 = 1, d2 = 2; ratios A: [1, 2], B: [2, 1], C: [inf (failed), 1.5]
-    scores = pd.DataFrame({"A": [1.0, 4.0], "B": [2.0, 2.0], "C": [np.inf, 3.0]}, index=["d1", "d2"])
-    rho = figures.performance_profile(scores, [1.0, 1.5, 1.99, 2.0, 100.0])
-    assert rho["A"].tolist() == [0.5, 0.5, 0.5, 1.0, 1.0]
-    assert rho["B"].tolist() == [0.5, 0.5, 0.5, 1.0, 1.0]
-    assert rho["C"].tolist() == [0.0, 0.5, 0.5, 0.5, 0.5]
+@pytest.mark.parametrize("losses", [[545, 200, 90, 60, 50], [545, 300, 200, 150, 136], [60, 55, 52, 51, 50]])
+def test_log_tick_labels_never_overlap(tmp_path, losses):
+    """On MNIST's 50..545 span the labels 70, 80, 90, 100 used to run into each other."""
+    from tests.fixtures import write_run
+
+    write_run(tmp_path, "curves_synth", "adam", 0, losses)
+    runs, metrics = load_runs(tmp_path, "default")
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(1.9, 1.5))  # one panel of the comparison figure
+        figures.plot_curves(ax, runs, metrics, "train_ce")
+        fig.canvas.draw()
+        low, high = ax.get_ylim()
+        boxes = [label.get_window_extent() for tick, label in zip(ax.get_yticks(), ax.get_yticklabels())
+                 if label.get_text() and low <= tick <= high]
+    plt.close(fig)
+    assert len(boxes) >= 2
+    boxes.sort(key=lambda box: box.y0)
+    assert all(below.y1 <= above.y0 for below, above in zip(boxes, boxes[1:])), [(b.y0, b.y1) for b in boxes]
 
 
-def test_performance_profile_leaves_out_optimizers_not_run_on_a_dataset():
-    scores = pd.DataFrame({"A": [1.0, 1.0], "B": [np.nan, 2.0]}, index=["d1", "d2"])
-    rho = figures.performance_profile(scores, [1.0, 2.0])
-    assert rho["B"].tolist() == [0.0, 1.0]  # judged on d2 only
-    assert rho["A"].tolist() == [1.0, 1.0]
+def test_a_run_diverged_above_the_healthy_range_is_marked_on_the_top_edge(tmp_path):
+    """The axis keeps the healthy runs' range (a DTP seed at 5,000 once stretched it); the diverged
+    run ends in an arrow on the top edge, labelled, and explained in the legend."""
+    from tests.fixtures import write_run
+
+    write_run(tmp_path, "curves_synth", "adam", 0, [545, 300, 200, 150, 136])
+    write_run(tmp_path, "curves_synth", "dtp", 0, [545, 220, 5000, float("inf"), float("inf")])
+    runs, metrics = load_runs(tmp_path, "default")
+    fig, drawn = figures.curve_figure("curves_synth", runs, metrics, "train_ce", "epoch")
+    ax = fig.axes[0]
+    assert len(drawn) == 2 and 545 < ax.get_ylim()[1] < 1000
+    above = [line for line in ax.get_lines() if line.get_gid() == figures.ABOVE_GID]
+    assert len(above) == 1 and above[0].get_xdata()[0] == 2 and above[0].get_ydata()[0] == 1.0  # axes fraction
+    assert not [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert [t.get_text() for t in ax.texts] == ["diverged"]
+    assert "arrow on the top edge: diverged above the axis" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_the_zoom_reaches_just_above_the_fourth_best_final(tmp_path):
+    """MNIST's leaders lie within a few percent: the zoom's linear axis spans the lowest loss to just
+    above the 4th best mean final, so the 5th (and the plateaus of the rest) leave the frame."""
+    from tests.fixtures import write_run
+
+    finals = {"kfac": 50.7, "shampoo": 51.1, "locoprop_m": 51.4, "locoprop_s": 52.5, "rmsprop": 53.2, "sgd": 74.0}
+    for optimizer, final in finals.items():
+        write_run(tmp_path, "curves_synth", optimizer, 0, [545, 200, 100, final + 1, final])
+    runs, metrics = load_runs(tmp_path, "default")
+    fig, ax = plt.subplots()
+    drawn = figures.zoom_panel(ax, runs, metrics, "train_ce")
+    low, high = ax.get_ylim()
+    assert len(drawn) == 6 and ax.get_yscale() == "linear"
+    assert low < 50.7 and 52.5 < high < 53.2
+    plt.close(fig)
+
+
+def test_comparison_figures_keep_the_modern_family_apart_with_a_caption_from_the_runs(tmp_path):
+    from tests.fixtures import write_run
+
+    results = make_results(tmp_path / "results")
+    for seed in (0, 1):
+        write_run(results, "curves_synth", "muon", seed, [100, 20, 5])
+    write_run(results, "faces_synth", "muon", 0, [100, 50, 40])
+    runs, _ = load_runs(results, "default")
+    split = figures.comparison_runs(runs)
+    assert "muon" not in set(split["paper_comparison"]["optimizer"])
+    assert set(split["paper_comparison"]["optimizer"]) == {"locoprop_m", "adam", "sgd"}
+    best = figures.field_best(runs)  # the reference rows: the field's best mean finals, best first
+    assert best["curves_synth"] == ["locoprop_m", "adam", "sgd"]
+    modern = split["modern_comparison"]
+    assert set(modern["optimizer"]) == {"muon", "locoprop_m", "adam", "sgd"}
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"device": "Test CPU x1"}))
+    captions = figures.comparison_captions(runs, bench)
+    assert set(captions) == {"paper_comparison", "modern_comparison"}
+    paper = captions["paper_comparison"]
+    assert "mean over 2 seeds per row" in paper and "Muon" not in paper
+    assert "CURVES (synthetic): a generated stand-in for CURVES" in paper
+    assert "Test CPU x1 (bench.json), not measured seconds" in paper and "cpu (2 threads)" in paper
+    assert "2 seeds per row (except Muon on FACES (synthetic): 1)" in captions["modern_comparison"]
+    assert "(Muon)" in captions["modern_comparison"]
 
 
 def test_final_scores_from_the_fixture(tmp_path):

@@ -2,6 +2,7 @@
 runs reproduces every committed generated file, and an edited result is caught."""
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import shutil
 from pathlib import Path
@@ -34,6 +35,35 @@ def test_committed_report_is_what_the_committed_runs_give(regenerated):
     assert any(p.endswith("mnist/summary.csv") for p in written) and any(p.endswith("comparison.md") for p in written)
     stale = report.stale_files(regenerated)
     assert not stale, f"generated files differ from what `make report` gives (run it and commit): {stale}"
+
+
+FIGURE_PINS = ("matplotlib", "fonttools", "pillow")  # what the figures' bytes depend on (constraints-ci.txt)
+
+
+def pinned_versions() -> dict[str, str]:
+    lines = (REPO / "constraints-ci.txt").read_text().splitlines()
+    pins = dict(line.split("==", 1) for line in lines if "==" in line and not line.startswith("#"))
+    return {name: pins[name].strip() for name in FIGURE_PINS}
+
+
+@pytest.mark.slow
+def test_committed_figures_are_byte_for_byte_what_the_committed_runs_give(tmp_path):
+    """Every PNG and PDF of `make report` regenerated into a temporary folder equals the committed
+    file, and no committed figure is left that the report no longer draws (with the pinned renderer)."""
+    installed = {name: importlib.metadata.version(name) for name in FIGURE_PINS}
+    if installed != pinned_versions():
+        pytest.skip(f"figure bytes are compared with the pins of constraints-ci.txt {pinned_versions()}; "
+                    f"installed: {installed}")
+    report.report(report.ROOT, report.BENCH, tmp_path, draw=True)
+
+    def figure_files(root: Path, under: Path) -> set[str]:
+        return {p.relative_to(root).as_posix() for p in (root / under).rglob("*") if p.suffix in (".png", ".pdf")}
+
+    drawn = figure_files(tmp_path, report.ROOT)
+    assert drawn == figure_files(REPO, report.ROOT)
+    differ = [name for name in sorted(drawn) if (tmp_path / name).read_bytes() != (REPO / name).read_bytes()]
+    assert not differ, f"figures differ from what `make report` gives (run it and commit): {differ}"
+    assert not report.stale_files(tmp_path, draw=True)
 
 
 def test_an_edited_result_is_caught(regenerated, tmp_path):
