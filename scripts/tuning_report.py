@@ -25,7 +25,8 @@ import pandas as pd  # noqa: E402
 
 from benchmarks import sensitivity, tuning_budget  # noqa: E402
 from benchmarks.results import WORKLOAD_ORDER, workload_of, write_json  # noqa: E402
-from scripts.figures import FULL_WIDTH, STYLE, ordered, save_figure, style_for  # noqa: E402
+from benchmarks.figure_files import figure_style  # noqa: E402
+from scripts.figures import FULL_WIDTH, ordered, save_figure, style_for  # noqa: E402
 
 EDGE = 1.04  # clipped points (an infinite expected best, a diverged or stalled run) sit this far above the top
 
@@ -181,7 +182,7 @@ def draw_workload(dataset: str, studies: list[dict[str, Any]], reference: tuple[
     curves = {s["optimizer"]: tuning_budget.budget_curve(tuning_budget.trial_values(s),
                                                          (s.get("protocol") or {}).get("trials")) for s in own}
     record: dict[str, Any] = {}
-    with plt.rc_context(STYLE):
+    with figure_style():
         fig = budget_figure(dataset, curves, reference)
         if fig is not None:
             files = save_figure(fig, out_dir, f"{dataset}_tuning_budget")
