@@ -15,6 +15,7 @@ import time
 
 import pandas as pd
 
+from benchmarks import cli
 from scripts import figures, summary as summary_script
 from scripts.plan import InProcess, Plan, PlannedRun
 
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)
