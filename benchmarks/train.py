@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -82,8 +84,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _job_number() -> int:
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return 0
     num = HydraConfig.get().job.get("num")
@@ -430,9 +430,6 @@ def _throwaway_steps(model, optimizer_cfg: dict[str, Any], batch, n_steps: int, 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
     with cli.one_line_errors(debug=cli.debugging() or not single):  # in a multirun, Hydra reports each job
         summary = train(cfg)
@@ -448,14 +445,15 @@ def check_overrides(argv: list[str]) -> None:
         compose_config(argv)
 
 
-def cli_main(argv: list[str]) -> None:
+def cli_main(argv: list[str], task: Callable[[], None]) -> None:
+    """The command line: check the overrides, then run Hydra's app `task` on them."""
     check_overrides(argv)
     sys.argv = [sys.argv[0], *argv]
-    # the task function by its module's name: a launcher that pickles it (hydra's submitit launcher)
-    # then refers to benchmarks.train.main instead of copying this __main__ module with its globals
-    from benchmarks.train import main as run_main
-    run_main()
+    task()
 
 
 if __name__ == "__main__":
-    cli.run(cli_main)
+    # the task function by its module's name: a launcher that pickles it (hydra's submitit launcher)
+    # then refers to benchmarks.train.main instead of copying this __main__ module with its globals
+    from benchmarks.train import main as run_main
+    cli.run(lambda argv: cli_main(argv, run_main))
