@@ -38,7 +38,7 @@ from benchmarks.models import Autoencoder, build_autoencoder
 from benchmarks.optimizers import evaluation_weights, has_weight_modes, make_optimizer, make_step
 from benchmarks.rundir import (FINAL_STATUSES, RunLock, atomic_savez, atomic_torch_save, atomic_write_json,
                                atomic_write_text, cpu_model, device_name, git_commit, load_average, read_summary, run_dir_for,
-                               summarize_rows)
+                               summarize_rows, tracked_by_git)
 from benchmarks.schedule import Schedule
 from benchmarks.tracking import WandbLogger, metrics_csv_text
 from benchmarks.workloads import Dataset, load_dataset
@@ -373,6 +373,10 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
     if previous is not None and previous.get("status") in FINAL_STATUSES:
         print(f"[skip] {run_dir_for(cfg)} already {previous['status']}")
         return previous
+    summary_path = run_dir_for(cfg) / "summary.json"
+    if previous is not None and not (summary_path.parent / "checkpoint.pt").exists() and tracked_by_git(summary_path):
+        raise ValueError(f"{summary_path.parent} is a committed run ({previous.get('status')}); not overwriting it: "
+                         "use another results_dir (or delete its summary.json to run it again)")
     run = start_run(cfg)
     with RunLock(run.run_dir):
         status, reason = "running", None

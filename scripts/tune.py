@@ -254,6 +254,8 @@ class Search:
         waited = 0.0
         while True:
             try:
+                # SIGTERM or Ctrl-C: the run is recorded as stopped and cli.Interrupted ends this worker; the
+                # trial stays running, so its heartbeat stops and a later worker resumes it from its checkpoint
                 with heartbeat(trial):
                     summary = train(cfg, on_epoch=on_epoch)
                 break

@@ -3,6 +3,7 @@ and value (exit 2, no traceback); outputs go where --results points; SIGTERM and
 long command cleanly, and the same command resumes it."""
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,10 @@ import pytest
 import yaml
 
 from benchmarks import cli
+from benchmarks.config import compose_config
 from benchmarks.results import read_summary
+from benchmarks.rundir import run_dir_for
+from benchmarks.train import train
 from scripts import reproduce, tune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +138,19 @@ def test_a_signal_stops_reproduce_after_recording_the_run_and_a_rerun_resumes(tm
     assert [read_summary(run.run_dir)["status"] for run in (first, second)] == ["finished", "finished"]
     epochs = [int(line.split(",")[0]) for line in metrics.read_text().splitlines()[1:]]
     assert epochs == list(range(41))  # each epoch once: resumed, not restarted
+
+
+def test_a_committed_run_is_not_trained_over(tmp_path):
+    """A run whose summary is committed (a reference run stopped or pruned, its checkpoint never
+    shipped) would start afresh and clobber it: the runner refuses and names it."""
+    repo = tmp_path / "checkout"
+    cfg = compose_config([*TINY, "epochs=2", f"results_dir={repo}"])
+    summary = run_dir_for(cfg) / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"status": "stopped"}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "a reference run"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    with pytest.raises(ValueError, match=rf"{summary.parent} is a committed run \(stopped\); not overwriting it"):
+        train(cfg)
+    assert json.loads(summary.read_text()) == {"status": "stopped"} and sorted(summary.parent.iterdir()) == [summary]
