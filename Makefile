@@ -7,6 +7,7 @@ GROUP ?= default
 ARGS ?=
 REPRO_ARGS ?=
 BENCH_ARGS ?=
+# ABLATION_ARGS: options and Hydra overrides, e.g. "--dry-run --only gamma -- dataset=mnist"
 ABLATION_ARGS ?=
 # e.g. GPU_ARGS="--out $$OUT/h200 --archive" on a lent machine (its $OUT returns few files: take the archive)
 GPU_ARGS ?=
@@ -48,7 +49,7 @@ report:  ## every table, figure and number of the reference comparison, from the
 	$(PYTHON) -m scripts.report
 
 ablations:  ## LocoProp ablations (configs/ablation/, CURVES-like by default) and their figures
-	$(PYTHON) -m scripts.ablations --results $(RESULTS) -- $(ABLATION_ARGS)
+	$(PYTHON) -m scripts.ablations --results $(RESULTS) $(ABLATION_ARGS)
 
 gpu-campaign:  ## on one H100/H200 inside a time budget (8 min): bench, GPU tests, the MNIST comparison, report
 	$(PYTHON) -m scripts.gpu_campaign $(GPU_ARGS)
@@ -56,7 +57,7 @@ gpu-campaign:  ## on one H100/H200 inside a time budget (8 min): bench, GPU test
 reproduce:  ## the paper's comparison with the tuned configs, then figures and tables (--dry-run: the plan)
 	$(PYTHON) -m scripts.reproduce --results $(RESULTS) $(REPRO_ARGS)
 
-tune:  ## full-length searches (equal budget, successive halving, SQLite studies) -> results/tuned/<dataset>/<optimizer>.yaml
+tune:  ## full-length searches (equal budget, successive halving, SQLite studies) -> $(RESULTS)/tuned/<dataset>/<optimizer>.yaml
 	for d in $(TUNE_DATASETS); do for o in $(TUNE_OPTIMIZERS); do \
 	  $(PYTHON) -m scripts.tune --dataset $$d --optimizer $$o --trials $(TUNE_TRIALS) --workers $(TUNE_WORKERS) \
 	    --results $(RESULTS) -- $(TUNE_ARGS) || exit 1; \

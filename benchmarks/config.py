@@ -5,13 +5,14 @@ Overrides that use a key renamed since an earlier version fail with a message na
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import MissingConfigException
-from omegaconf import DictConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TUNED_DIR = Path(__file__).resolve().parents[1] / "results" / "tuned"
@@ -39,6 +40,14 @@ def check_renamed(overrides: list[str] | tuple[str, ...]) -> None:
                 raise ValueError(f"'{key}' was renamed: use {new} (in {override!r})")
 
 
+def unknown_name(kind: str, name: str, choices) -> str:
+    """'unknown optimizer 'adamm'; did you mean 'adam'? choose one of: ...' (the closest match, if any)."""
+    choices = list(choices)
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown {kind} {name!r}; {hint}choose one of: {', '.join(choices)}"
+
+
 def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
     """The config of `python -m benchmarks.train <overrides>`, composed in-process."""
     check_renamed(overrides)
@@ -47,15 +56,43 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
             return compose(config_name=config_name, overrides=list(overrides))
         except MissingConfigException as err:
             raise ValueError(missing_config_message(err, overrides)) from err
+        except ConfigCompositionException as err:
+            message = unknown_key_message(err, overrides, config_name)
+            if message is None:
+                raise
+            raise ValueError(message) from err
 
 
 def missing_config_message(err: Exception, overrides) -> str:
-    """Hydra's 'could not find' in the harness's words: which option, and where the choices are."""
+    """Hydra's 'could not find' in the harness's words: which option, the closest choice, and the
+    choices (a group's own configs, not its sub-groups such as optimizer/inner_optimizer)."""
     text = str(err)
     for override in overrides:
         group, _, choice = override.lstrip("+").partition("=")
         if group in ("tuned", "optimizer", "dataset", "schedule", "logger", "model") and choice and f"'{group}/" in text:
             folder = TUNED_DIR if group == "tuned" else CONFIG_DIR / group
-            choices = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
-            return f"no {group} config {choice!r} in {folder}; choose one of: {', '.join(choices)}"
+            paths = folder.glob("*/*.yaml") if group == "tuned" else folder.glob("*.yaml")
+            choices = sorted(p.relative_to(folder).with_suffix("").as_posix() for p in paths)
+            return f"no {group} config {choice!r} in {folder}; " + unknown_name(group, choice, choices).split("; ", 1)[1]
     return text
+
+
+def unknown_key_message(err: Exception, overrides, config_name: str) -> str | None:
+    """Hydra's 'Could not override 'epoch'' (it suggests '+epoch=...') as the key's closest existing
+    spelling, e.g. 'epochs'; None for another composition error."""
+    found = re.search(r"Could not override '([^']+)'", str(err))
+    if not found:
+        return None
+    key = found.group(1)
+    bad = next((o for o in overrides if re.split(r"[=~]", o.lstrip("+~"), maxsplit=1)[0] == key), key)
+    parent, _, leaf = key.rpartition(".")
+    try:
+        base = compose(config_name=config_name, overrides=[o for o in overrides if o != bad])
+        node = OmegaConf.select(base, parent) if parent else base
+        names = [str(k) for k in node.keys()] if OmegaConf.is_dict(node) else []
+    except Exception:  # noqa: BLE001 - only a suggestion is lost
+        names = []
+    close = difflib.get_close_matches(leaf, names, n=1)
+    hint = f"did you mean {'.'.join(filter(None, (parent, close[0])))!r}?" if close else \
+        f"to add a new key write +{bad.lstrip('+')}"
+    return f"unknown config key {key!r} (in {bad!r}); {hint}"

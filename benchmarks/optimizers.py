@@ -33,7 +33,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from torch import Tensor, nn
 
-from benchmarks.config import CONFIG_DIR
+from benchmarks.config import CONFIG_DIR, unknown_name
 
 HARNESS_KEYS = ("name", "label", "family", "paper", "style", "extra")  # read by the harness, not passed on
 FAMILY_ORDER = ("first_order", "second_order", "local_loss", "target_propagation", "modern", "other")
@@ -89,7 +89,7 @@ def optimizer_info(name: str) -> dict[str, Any]:
                 "style": {**info["style"], "linestyle": ":", "marker": "x" if info["style"].get("marker") != "x" else "+"}}
     path = config_path(name)
     if not path.is_file():
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(optimizer_names())}")
+        raise ValueError(unknown_name("optimizer", name, optimizer_names()))
     info = yaml.safe_load(path.read_text()) or {}
     info = {key: info.get(key) for key in HARNESS_KEYS}
     info["name"] = info["name"] or name
@@ -141,7 +141,7 @@ def search_space(name: str) -> dict[str, dict[str, Any]]:
     else:
         info_path = config_path(name)
         if not info_path.is_file():
-            raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(optimizer_names())}")
+            raise ValueError(unknown_name("optimizer", name, optimizer_names()))
         lr = (yaml.safe_load(info_path.read_text()) or {}).get("lr")
         if not isinstance(lr, (int, float)) or lr <= 0:
             raise ValueError(f"{info_path} has no positive lr to centre a default search space on: "

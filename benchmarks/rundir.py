@@ -204,6 +204,17 @@ def git_commit() -> str | None:
         return None
 
 
+def tracked_by_git(path: str | Path) -> bool:
+    """Whether `path` is a file committed to the git repository it lies in (a shipped result)."""
+    path = Path(path).resolve()
+    try:
+        out = subprocess.run(["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent, capture_output=True,
+                             timeout=5)
+        return out.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The processor's model name with its CPUID family and model (/proc/cpuinfo on Linux).
 

@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,16 +25,20 @@ from typing import Any, Callable, Mapping
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from benchmarks.config import CONFIG_DIR, check_renamed
+from benchmarks import cli
+from benchmarks.config import CONFIG_DIR, check_renamed, compose_config
+from benchmarks.data import DataError
 from benchmarks.fast import CudaGraphStep, compiled_step
 from benchmarks.models import Autoencoder, build_autoencoder
 from benchmarks.optimizers import evaluation_weights, has_weight_modes, make_optimizer, make_step
 from benchmarks.rundir import (FINAL_STATUSES, RunLock, atomic_savez, atomic_torch_save, atomic_write_json,
                                atomic_write_text, cpu_model, device_name, git_commit, load_average, read_summary, run_dir_for,
-                               summarize_rows)
+                               summarize_rows, tracked_by_git)
 from benchmarks.schedule import Schedule
 from benchmarks.tracking import WandbLogger, metrics_csv_text
 from benchmarks.workloads import Dataset, load_dataset
@@ -49,26 +52,17 @@ class PruneRun(Exception):
 
 
 class StopRun(Exception):
-    """The process was asked to stop (SIGTERM: a deadline, a scheduler's preemption). The run ends
-    with status 'stopped' and keeps its last epoch checkpoint, so running it again resumes it."""
+    """The process was asked to stop (SIGTERM or SIGINT: a deadline, a scheduler's preemption, Ctrl-C).
+    The run ends with status 'stopped' and keeps its last epoch checkpoint, so running it again
+    resumes it; `signum` is the signal's number when a signal asked."""
+
+    def __init__(self, reason: str = "", signum: int | None = None):
+        super().__init__(reason)
+        self.signum = signum
 
 
-@contextlib.contextmanager
-def stop_on_sigterm():
-    """While the block runs, SIGTERM raises StopRun (only in the main thread, where Python runs
-    signal handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise StopRun(f"stopped by signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _stop_run(signum, frame):
+    raise StopRun(f"stopped by signal {signal.Signals(signum).name}", signum)
 
 
 class RunFailed(RuntimeError):
@@ -90,8 +84,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _job_number() -> int:
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return 0
     num = HydraConfig.get().job.get("num")
@@ -100,6 +92,11 @@ def _job_number() -> int:
 
 def validate(cfg: DictConfig) -> None:
     """Reject settings that cannot describe a run, before any file is written."""
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got seed={cfg.seed}")
+    lr = cfg.optimizer.get("lr")
+    if isinstance(lr, (int, float)) and lr < 0:
+        raise ValueError(f"optimizer.lr must be >= 0, got optimizer.lr={lr}")
     if int(cfg.epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
     if cfg.stop_epoch is not None and int(cfg.stop_epoch) < 1:
@@ -301,8 +298,11 @@ def start_run(cfg: DictConfig) -> Run:
     device = resolve_device(cfg.device)
     torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)  # recorded in config.yaml either way
     torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
-    data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download, device=device,
-                        seed=cfg.seed, n_train=cfg.dataset.n_train, n_test=cfg.dataset.n_test)
+    try:
+        data = load_dataset(cfg.dataset.name, root=cfg.dataset.root, download=cfg.dataset.download, device=device,
+                            seed=cfg.seed, n_train=cfg.dataset.n_train, n_test=cfg.dataset.n_test)
+    except DataError as err:
+        raise DataError(f"dataset={cfg.dataset.name} dataset.root={cfg.dataset.root}: {err}") from err
     n_train, batch_size = data.train.shape[0], int(cfg.batch_size)
     if not 1 <= batch_size <= n_train:
         raise ValueError(f"batch_size must be in [1, {n_train}] for {cfg.dataset.name}, got {batch_size}")
@@ -366,16 +366,22 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
     train loss (see `Run.epoch_loss`); it may raise `PruneRun` to end the run. A resumed run first
     replays the epochs it trained before it stopped, with `replayed=True`: the callback had already
     seen them (its checkpoint is written after the call), so it may record them without judging them
-    again.
+    again. A run stopped by SIGTERM or SIGINT is recorded as 'stopped' (resumable), then
+    `cli.Interrupted` is raised, so that the caller starts no other run.
     """
     previous = read_summary(run_dir_for(cfg))
     if previous is not None and previous.get("status") in FINAL_STATUSES:
         print(f"[skip] {run_dir_for(cfg)} already {previous['status']}")
         return previous
+    summary_path = run_dir_for(cfg) / "summary.json"
+    if previous is not None and not (summary_path.parent / "checkpoint.pt").exists() and tracked_by_git(summary_path):
+        raise ValueError(f"{summary_path.parent} is a committed run ({previous.get('status')}); not overwriting it: "
+                         "use another results_dir (or delete its summary.json to run it again)")
     run = start_run(cfg)
     with RunLock(run.run_dir):
         status, reason = "running", None
-        with stop_on_sigterm():  # a deadline or a scheduler ends the run as stopped, resumable
+        signum = None
+        with cli.stop_on_signals(_stop_run):  # a deadline, a scheduler or Ctrl-C ends the run as stopped, resumable
             try:
                 prepare(run)
                 for row in run.rows[1:] if on_epoch is not None else []:  # a resumed run replays its epochs
@@ -399,6 +405,7 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
                 while isinstance(stop.__cause__, StopRun):  # OmegaConf re-raises a signal it caught, wordier
                     stop = stop.__cause__
                 status, reason = "stopped", f"{stop} after epoch {run.rows[-1]['epoch'] if run.rows else 0}"
+                signum = stop.signum
             except Exception as err:  # noqa: BLE001 - record, then let the caller decide
                 diverged = _numerical_failure(err, run.model)
                 status = "diverged" if diverged else "failed"
@@ -407,6 +414,8 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
                     traceback.print_exc()
         summary = run.finish(status, reason)
     print(f"[{status}] {run.run_dir}" + (f" ({reason})" if reason else ""))
+    if signum is not None:  # recorded and resumable; now the caller stops too, and starts no other run
+        raise cli.Interrupted(signum)
     return summary
 
 
@@ -425,17 +434,30 @@ def _throwaway_steps(model, optimizer_cfg: dict[str, Any], batch, n_steps: int, 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    summary = train(cfg)
+    single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+    with cli.one_line_errors(debug=cli.debugging() or not single):  # in a multirun, Hydra reports each job
+        summary = train(cfg)
     if summary["status"] == "failed":  # in a multirun, the other jobs still run; the exit status is 1
         raise RunFailed(f"run failed: {summary['reason']}")
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose a single run's config before Hydra starts, so that a mistake in an override (an
+    unknown key or choice, a renamed key) is reported in one line naming it."""
+    check_renamed(argv)
+    if not any(a.startswith("-") or a.startswith("hydra") for a in argv):  # Hydra's own flags: Hydra checks
+        compose_config(argv)
+
+
+def cli_main(argv: list[str], task: Callable[[], None]) -> None:
+    """The command line: check the overrides, then run Hydra's app `task` on them."""
+    check_overrides(argv)
+    sys.argv = [sys.argv[0], *argv]
+    task()
+
+
 if __name__ == "__main__":
-    try:
-        check_renamed(sys.argv[1:])
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
     # the task function by its module's name: a launcher that pickles it (hydra's submitit launcher)
     # then refers to benchmarks.train.main instead of copying this __main__ module with its globals
     from benchmarks.train import main as run_main
-    run_main()
+    cli.run(lambda argv: cli_main(argv, run_main))

@@ -22,7 +22,7 @@ import yaml
 from hydra.utils import get_object
 
 from benchmarks import data, synth
-from benchmarks.config import CONFIG_DIR
+from benchmarks.config import CONFIG_DIR, unknown_name
 
 # The LocoProp notebook's tuning exits (cross-entropy scale): a trial ends when its loss is above
 # max_loss, its best above max_best_loss, or its best still above patience_loss after patience_epoch.
@@ -171,7 +171,7 @@ WORKLOADS: dict[str, Workload] = _read_workloads()
 
 def get_workload(name: str) -> Workload:
     if name not in WORKLOADS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(WORKLOADS)}")
+        raise ValueError(unknown_name("dataset", name, WORKLOADS))
     return WORKLOADS[name]
 
 

@@ -1,24 +1,26 @@
 """`make ablations`: LocoProp's ablations (configs/ablation/*.yaml), then one figure each.
 
-    python -m scripts.ablations [--only gamma inner_steps] [--results results] [-- dataset=mnist seed=1]
+    python -m scripts.ablations [--only gamma inner_steps] [--results results] [--dry-run] [dataset=mnist seed=1]
 
 Each ablation is a ready Hydra multirun (`python -m benchmarks.train -m +ablation=<name>`): a group
 `ablation-<name>` whose runs differ in one setting (the inner steps T, gamma, the inner optimizer,
 S vs M, the proximal term, inner state kept or reset). This script expands the same grids and runs
 them in-process, so finished runs are skipped and interrupted ones resume, then draws
-`<results>/figures/ablation-<name>/ablation.png` (final train loss against the setting, and the
-curves) with `scripts.figures --ablation`.
+`<results>/figures/ablation-<name>/<dataset>_ablation.png` and `.pdf` (final train loss against the
+setting, and the curves) with `scripts.figures --ablation`. Options and Hydra overrides may come in
+any order (`make ablations ABLATION_ARGS="--dry-run dataset=mnist"`); put overrides after `--`
+when they follow `--only`.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import yaml
 from omegaconf import DictConfig
 
+from benchmarks import cli
 from benchmarks.config import CONFIG_DIR
 from scripts import figures
 from scripts.plan import InProcess, Plan, PlannedRun
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true", help="only draw the figures of finished runs")
     parser.add_argument("--dry-run", action="store_true", help="list the runs, their state and cost; run nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --), e.g. dataset=mnist")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     plans = [ablation_plan(name, args.overrides, args.results) for name in args.only]
     if args.dry_run:
         text, status = Plan([run for plan in plans for run in plan.runs], "ablations").describe(args.results)
@@ -74,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

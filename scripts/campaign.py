@@ -31,6 +31,8 @@ import optuna
 import yaml
 from omegaconf import DictConfig
 
+from benchmarks import cli
+from benchmarks.cli import Interrupted
 from benchmarks.config import compose_config
 from benchmarks.preflight import problems
 from benchmarks.optimizers import optimizer_info, optimizer_names, paper_optimizers
@@ -338,6 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     children = spawn_processes("scripts.campaign", argv, launch.workers - 1)
     try:
         work(plan_items(args.plan, args.only))
+    except Interrupted as stop:  # this worker's run is recorded as stopped: stop the others too
+        for child in children:
+            child.send_signal(stop.signum)
+        raise
     finally:
         for child in children:
             child.wait()
@@ -349,4 +355,4 @@ def run_worker(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

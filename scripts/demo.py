@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks import cli
 from benchmarks.benchtable import format_duration
 from benchmarks.rundir import atomic_write_text, cpu_model, load_average
 from scripts import figures, summary as summary_script
@@ -74,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import cli
 from benchmarks.config import compose_config
 from benchmarks.data import DataError
 from benchmarks.optimizers import paper_optimizers
@@ -42,7 +44,7 @@ from benchmarks.results import bench_ms_per_step, bench_tables, read_summary
 from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name
 from benchmarks.workloads import load_dataset
 from scripts import figures, summary as summary_script
-from scripts.plan import Plan, PlannedRun, Processes
+from scripts.plan import Plan, PlannedRun, Processes, fetch_command
 from scripts.reproduce import replays_in_a_graph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,9 +81,11 @@ def check_data(overrides: list[str]) -> None:
     cfg = compose_config(overrides)
     try:
         load_dataset(cfg.dataset.name, root=cfg.dataset.root, n_train=1, n_test=1)
-    except DataError as err:
-        raise SystemExit(f"the GPU campaign's data set {cfg.dataset.name} cannot be loaded, nothing was run: {err}\n"
-                         "(put the files in data/<name>/, set LOCOPROP_DATA, or carry them to the GPU machine)")
+    except DataError as err:  # the campaign takes no overrides: advise what works for it
+        problem = re.sub(r",? or set dataset\.download=true[^.]*\.", ".", str(err))
+        raise SystemExit(f"the GPU campaign's data set {cfg.dataset.name} cannot be loaded, nothing was run: {problem} "
+                         f"Fetch it with {fetch_command(cfg.dataset.name)}, or point LOCOPROP_DATA at the files "
+                         "(carry them to a GPU machine without internet)") from None
 
 
 def concurrency(n_runs: int, bench_rows: list[dict], info: dict, n_train: int, n_test: int) -> tuple[int, str]:
@@ -203,4 +207,4 @@ def _epochs(run: PlannedRun) -> int | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

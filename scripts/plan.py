@@ -8,7 +8,8 @@ that say what is left to do, what waits for data and which command fetches it.
 
 An executor runs a plan, and every executor takes a deadline: a run still going then gets
 SIGTERM, ends as 'stopped' with the epochs it reached and keeps its checkpoint, so the same
-command later resumes it.
+command later resumes it. SIGTERM or SIGINT to the command does the same to the runs in progress
+and starts no other (`benchmarks.cli.Interrupted` ends the executor).
 - `InProcess`: one run after the other in this process (reproduce, the ablations, the demo);
 - `Processes(n, gpus)`: n `python -m benchmarks.train` processes at a time; with `gpus`, slot k
   runs on `CUDA_VISIBLE_DEVICES=gpus[k % len(gpus)]` (one worker per GPU of a box with several);
@@ -31,6 +32,7 @@ import torch
 from omegaconf import DictConfig
 
 from benchmarks.benchtable import REPO_BENCH, BenchChoice, choose_table, format_duration, price_step
+from benchmarks.cli import Interrupted
 from benchmarks.config import compose_config
 from benchmarks.preflight import data_problem, fetch_command, problems
 from benchmarks.results import read_summary
@@ -225,6 +227,14 @@ class Processes:
         pending = list(plan.runs)
         running: dict[int, tuple[PlannedRun, subprocess.Popen, object]] = {}
         statuses: dict[str, str] = {}
+        try:
+            return self._run(pending, running, statuses, deadline)
+        except Interrupted as stop:  # the command is stopped: so are its runs (as 'stopped', resumable)
+            self._stop([proc for _, proc, _ in running.values()], stop.signum)
+            raise
+
+    def _run(self, pending: list[PlannedRun], running: dict, statuses: dict[str, str],
+             deadline: float | None) -> dict[str, str]:
         while pending or running:
             late = deadline is not None and time.time() > deadline
             while pending and len(running) < self.n and not late:
@@ -246,11 +256,11 @@ class Processes:
         return statuses
 
     @staticmethod
-    def _stop(procs: list[subprocess.Popen]) -> None:
+    def _stop(procs: list[subprocess.Popen], signum: int = signal.SIGTERM) -> None:
         """SIGTERM (the runner ends as 'stopped' and keeps its checkpoint); SIGKILL whoever ignores it."""
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signum)
         end = time.time() + STOP_GRACE_S
         for proc in procs:
             try:

@@ -27,11 +27,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.config import TUNED_DIR, compose_config
+from benchmarks import cli
+from benchmarks.cli import UsageError
+from benchmarks.config import TUNED_DIR, compose_config, unknown_name
 from benchmarks.fast import graph_safe
 from benchmarks.models import build_autoencoder
-from benchmarks.optimizers import make_optimizer, paper_optimizers
-from benchmarks.workloads import WORKLOADS, paper_datasets
+from benchmarks.optimizers import make_optimizer, optimizer_names, paper_optimizers
+from benchmarks.workloads import WORKLOADS, get_workload, paper_datasets
 from scripts import figures, summary as summary_script
 from scripts.launch import LaunchSettings
 from scripts.plan import Plan, PlannedRun, executor_for, use_threads
@@ -71,6 +73,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         parser.error(f"expected Hydra overrides key=value after the options, got {bad}")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got --seeds {args.seeds}")
+    for kind, names, known in (("dataset", args.dataset, WORKLOADS), ("optimizer", args.optimizer, optimizer_names())):
+        for name in names.split(","):
+            if name not in known:
+                raise UsageError(unknown_name(kind, name, known))
     return args, list(args.overrides)
 
 
@@ -153,4 +161,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

@@ -3,7 +3,7 @@
     python -m scripts.tune --dataset mnist --optimizer adam [--trials 16] [--workers 2] [-- overrides]
     python -m scripts.tune --dataset mnist --optimizer paper      # the paper's nine, one after another
 
-The protocol (see the README, "Tuning protocol"):
+The protocol (docs/tuning.md):
 - every trial trains exactly like a final run (full training set, the official 100-epoch
   schedule with 99 trained epochs, batch 1000) and is scored by its best full-evaluation train
   loss (cross-entropy, or squared error for FACES), the quantity the LocoProp notebook tunes on;
@@ -20,9 +20,10 @@ The protocol (see the README, "Tuning protocol"):
   run again with the same setting, resuming its run from the last epoch checkpoint; several
   workers share it (--workers, --launcher slurm/local through submitit: scripts/launch.py);
 - the winning trial is re-run with seeds 1..S-1 (the trial itself is seed 0); the winner's seeds
-  are copied into the group `final`, and `results/tuned/<dataset>/<optimizer>.yaml` records the
-  values with their provenance (study, trial counts, budget, the seeds' mean +- std, device,
-  commit).
+  are copied into the group `final`, and `<results>/tuned/<dataset>/<optimizer>.yaml` (--tuned-dir)
+  records the values with their provenance (study, trial counts, budget, the seeds' mean +- std,
+  device, commit). A tuned config this study did not write (another study's, a published default)
+  is never overwritten without --force: `--tuned-dir results/tuned --force` replaces a shipped one.
 """
 from __future__ import annotations
 
@@ -48,16 +49,18 @@ from omegaconf import DictConfig
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from benchmarks import cli
 from benchmarks.benchtable import choose_table, format_duration
-from benchmarks.config import compose_config
+from benchmarks.cli import Interrupted, UsageError
+from benchmarks.config import compose_config, unknown_name
 from benchmarks.preflight import problems
 from benchmarks.optimizers import paper_optimizers, search_space as optimizer_search_space
 from benchmarks.results import best_trial, mean_std, read_summary
 from benchmarks.rundir import (FINAL_STATUSES, RunInUse, atomic_write_json, atomic_write_text, cpu_model, device_name,
-                               git_commit, run_dir_for)
+                               git_commit, run_dir_for, tracked_by_git)
 from benchmarks.schedule import Schedule
 from benchmarks.train import PruneRun, StopRun, resolve_device, threshold_exit, train
-from benchmarks.workloads import get_workload
+from benchmarks.workloads import WORKLOADS, get_workload
 from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions, describe as describe_sampler
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
 from scripts.plan import Plan, PlannedRun, use_threads
@@ -75,10 +78,7 @@ LOST = "given up for lost by the study"  # a trial whose heartbeat came too late
 
 def search_space(optimizer: str) -> dict[str, dict[str, Any]]:
     """The dotted config keys searched for `optimizer` and their ranges (benchmarks.optimizers.search_space)."""
-    try:
-        return optimizer_search_space(optimizer)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    return optimizer_search_space(optimizer)
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -131,9 +131,9 @@ class Search:
     """
 
     def __init__(self, dataset: str, optimizer: str, results: str | Path = "results", protocol: Protocol | None = None,
-                 storage: str | None = None, tuned_dir: str | Path = "results/tuned", export_as: str | None = None,
+                 storage: str | None = None, tuned_dir: str | Path | None = None, export_as: str | None = None,
                  note: str = "", heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S,
-                 wandb: bool = False, create: bool = True):
+                 wandb: bool = False, create: bool = True, force: bool = False):
         self.dataset, self.optimizer = dataset, optimizer
         self.results = Path(results)
         self.protocol = protocol or Protocol()
@@ -142,8 +142,10 @@ class Search:
         self.db_path = folder / f"{optimizer}.db"
         self.storage_url = storage or f"sqlite:///{self.db_path}"
         self.lock_path = folder / f"{optimizer}.lock"
-        self.tuned_path = Path(tuned_dir) / (export_as or dataset) / f"{optimizer}.yaml"
-        self.export_as, self.note, self.wandb = export_as, note, wandb
+        self.tuned_path = Path(tuned_dir or self.results / "tuned") / (export_as or dataset) / f"{optimizer}.yaml"
+        self.export_as, self.note, self.wandb, self.force = export_as, note, wandb, force
+        if create and not force and self.overwrite_refusal():  # before anything is created
+            raise UsageError(self.overwrite_refusal())
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         # create=False (a dry run) opens an existing study and creates nothing: no study, no search yet
         if create:
@@ -255,6 +257,8 @@ class Search:
         waited = 0.0
         while True:
             try:
+                # SIGTERM or Ctrl-C: the run is recorded as stopped and cli.Interrupted ends this worker; the
+                # trial stays running, so its heartbeat stops and a later worker resumes it from its checkpoint
                 with heartbeat(trial):
                     summary = train(cfg, on_epoch=on_epoch)
                 break
@@ -271,10 +275,6 @@ class Search:
         if status == "stopped" and LOST in str(summary.get("reason")):
             print(f"[tune] {self.study.study_name}: trial {trial.number} was given up for lost; its retry resumes it")
             return "lost"
-        if status == "stopped" and "by signal" in str(summary.get("reason")):
-            # this worker is being ended (a deadline, a preempted job): leave the trial running, so that
-            # its heartbeat stops and another worker resumes it from its checkpoint
-            raise SystemExit(f"[tune] {self.study.study_name}: trial {trial.number} {summary['reason']}")
         trial.set_user_attr("status", status)
         trial.set_user_attr("reason", summary.get("reason"))
         try:
@@ -388,6 +388,23 @@ class Search:
         left = left_trials + left_seeds
         return line, 0.0 if left == 0 else None if one is None else one * left
 
+    def study_label(self) -> str:
+        """Where the study lives, as its tuned config records it."""
+        return _relative(self.db_path) if self.storage_url.startswith("sqlite") else storage_label(self.storage_url)
+
+    def overwrite_refusal(self) -> str | None:
+        """Why exporting would clobber a tuned config that this study did not write (another study's,
+        a published default; committed or not), or None."""
+        if not self.tuned_path.exists():
+            return None
+        source = (yaml.safe_load(self.tuned_path.read_text()) or {}).get("tuned_source", {})
+        if (source.get("study_name"), source.get("study")) == (f"{self.dataset}-{self.optimizer}", self.study_label()):
+            return None
+        what = "a committed tuned config" if tracked_by_git(self.tuned_path) else "a tuned config"
+        origin = source.get("study") or source.get("kind") or "another source"
+        return (f"{self.tuned_path} is {what} from {origin}; not overwriting it: give another --tuned-dir "
+                "(default <results>/tuned), or --force to replace it")
+
     def exported(self) -> tuple[int, list[int]] | None:
         """(best trial, seeds) of the tuned config on disk when it comes from this study."""
         if not self.tuned_path.exists():
@@ -419,7 +436,7 @@ class Search:
         source = {
             "kind": "search",
             "protocol": "scripts/tune.py: full-length trials, equal budget, successive halving, TPE",
-            "study": _relative(self.db_path) if self.storage_url.startswith("sqlite") else storage_label(self.storage_url),
+            "study": self.study_label(),
             "study_name": self.study.study_name,
             "search_space": self.space,
             "budget_trials": p.trials,
@@ -450,6 +467,8 @@ class Search:
         return source
 
     def export(self) -> Path:
+        if not self.force and self.overwrite_refusal():  # written meanwhile by another study
+            raise UsageError(self.overwrite_refusal())
         target = self.export_as or self.dataset
         text = tuned_yaml(target, self.optimizer, self.best().params, self.provenance())
         atomic_write_text(self.tuned_path, text)
@@ -513,8 +532,10 @@ def protocol_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--startup-trials", type=int, default=defaults.startup_trials)
     parser.add_argument("--no-exits", dest="exits", action="store_false", help="do not end trials by the "
                         "notebook's exits (loss > 1000, best > 600, best > 350 after epoch 12)")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--tuned-dir", default="results/tuned")
+    parser.add_argument("--results", default="results", help="where studies, runs and (by default) tuned configs go")
+    parser.add_argument("--tuned-dir", default=None, help="where the tuned config goes (default: <results>/tuned; "
+                        "the shipped ones: results/tuned)")
+    parser.add_argument("--force", action="store_true", help="overwrite a tuned config that another study wrote")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's); "
                         "the dry run is priced by the bench table of this thread count")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --), e.g. dataset.n_train=10000")
@@ -548,6 +569,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     protocol_args(parser)
     add_launch_args(parser)
     args = parser.parse_args(argv)
+    if args.seeds < 1 or args.trials < 1:
+        raise UsageError(f"--seeds and --trials must be >= 1, got --seeds {args.seeds} --trials {args.trials}")
+    if args.dataset not in WORKLOADS:
+        raise UsageError(unknown_name("dataset", args.dataset, WORKLOADS))
     launch = settings_from(args)
     use_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -565,7 +590,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     print(describe_searches(existing), flush=True)
     searches = [Search(args.dataset, name, args.results, protocol_from(args), storage=args.storage,
                        tuned_dir=args.tuned_dir, export_as=args.export_as, note=args.note,
-                       heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wandb=args.wandb)
+                       heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period, wandb=args.wandb,
+                       force=args.force)
                 for name in names]
     if launch.launcher != "processes":
         wait(submit(run_worker, argv, launch, args.results))
@@ -573,6 +599,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         children = spawn_processes("scripts.tune", argv, launch.workers - 1)
         try:
             work(searches)
+        except Interrupted as stop:  # this worker's trial is recorded as stopped: stop the others too
+            for child in children:
+                child.send_signal(stop.signum)
+            raise
         finally:
             for child in children:
                 child.wait()
@@ -621,4 +651,4 @@ def run_worker(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
