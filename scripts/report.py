@@ -548,15 +548,64 @@ def tuning_table(studies: list[dict]) -> str:
         v = study_verdicts(s)
         budget = (s.get("protocol") or {}).get("trials")
         winner = s.get("winner")
-        sampler = ("count-seeded" if v["old_sampler"] and v["old_sampler"] == len([t for t in s["trials"]
-                                                                                   if not t["enqueued"]])
-                   else "keyed" if not v["old_sampler"] else "mixed")
+        sampler = sampler_of(s)
         lines.append("| " + " | ".join([
             workload_of(s["dataset"]).label, _label(s["optimizer"]), str(budget), str(v["complete"]),
             f"{v['pruned']} ({v['diverged']})", str(v["lost"]) + (f" ({v['running']} running)" if v["running"] else ""),
             sampler, str(shared[(s["dataset"], s["optimizer"])]),
             (setting_text(winner["params"]) + ("" if winner["complete"] else " (no trial completed)")) if winner else DASH,
             "; ".join(v["edges"]) or "no"]) + " |")
+    return "\n".join(lines)
+
+
+def sampler_of(study: dict) -> str:
+    """'keyed', 'count-seeded' or 'mixed': the sampler that drew a study's trials, from their marks."""
+    old = study_verdicts(study)["old_sampler"]
+    drawn = len([t for t in study["trials"] if not t["enqueued"]])
+    return "count-seeded" if old and old == drawn else "keyed" if not old else "mixed"
+
+
+def protocol_table(studies: list[dict]) -> str:
+    """The protocol each workload's committed studies ran under, read from the studies themselves
+    (one line per distinct protocol, with how many studies used it)."""
+    head = ["data set", "studies", "trials per study", "random start-up trials", "pruning rungs (epochs)",
+            "full evaluation every", "notebook exits", "sampler seed"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    seen: dict[tuple, int] = {}
+    for st in studies:
+        p = st.get("protocol") or {}
+        rungs, epoch = [], int(p.get("min_resource", 0) or 0)
+        while epoch and epoch <= TRAINED_EPOCHS:
+            rungs.append(epoch)
+            epoch *= int(p.get("reduction_factor", 1) or 1)
+            if int(p.get("reduction_factor", 1) or 1) <= 1:
+                break
+        key = (st["dataset"], p.get("trials"), p.get("startup_trials"), ", ".join(map(str, rungs)),
+               p.get("eval_every"), "yes" if p.get("exits", True) else "no", p.get("sampler_seed"))
+        seen[key] = seen.get(key, 0) + 1
+    for key, n in sorted(seen.items(), key=lambda kv: (WORKLOAD_ORDER.index(kv[0][0]) if kv[0][0] in WORKLOAD_ORDER
+                                                       else 99, str(kv[0]))):
+        dataset, trials, startup, rungs, every, exits, seed = key
+        lines.append("| " + " | ".join([workload_of(dataset).label, str(n), str(trials), str(startup), rungs,
+                                         f"{every} epochs", exits, str(seed)]) + " |")
+    return "\n".join(lines)
+
+
+def sampler_text(studies: list[dict]) -> str:
+    """Which committed studies were drawn with common random numbers (the count-seeded sampler) and
+    which rows share their winning setting with another study's winner, read from the studies."""
+    by_sampler: dict[str, list[str]] = {}
+    for st in sorted(studies, key=lambda st: (WORKLOAD_ORDER.index(st["dataset"]) if st["dataset"] in WORKLOAD_ORDER
+                                              else 99, st["optimizer"])):
+        by_sampler.setdefault(sampler_of(st), []).append(f"{workload_of(st['dataset']).label} {_label(st['optimizer'])}")
+    lines = [f"- {name} ({len(rows)} studies): {', '.join(rows)}." for name, rows in sorted(by_sampler.items())]
+    winners = [(f"{workload_of(st['dataset']).label} {_label(st['optimizer'])} (trial {st['winner']['number']})",
+                {v for k, v in st["winner"]["params"].items()
+                 if "low" in ((st.get("protocol") or {}).get("search_space") or {}).get(k, {})})
+               for st in studies if st.get("winner")]  # values drawn from a range, not a list of choices
+    shared = [f"{a} and {b}" for i, (a, va) in enumerate(winners) for b, vb in winners[i + 1:] if va & vb]
+    lines.append("- Rows whose winning trial drew a value that another row's winning trial drew too: "
+                 + ("; ".join(shared) if shared else "none") + ".")
     return "\n".join(lines)
 
 
@@ -720,7 +769,8 @@ def report(root: Path = ROOT, bench_path: Path = BENCH, out: Path = Path("."), d
                                                           gaps_table(results)])
     fill_blocks(DOCS, out / DOCS, blocks)
     fill_blocks(README, out / README, {"headline": headline})
-    fill_blocks(TUNING, out / TUNING, {"search-spaces": search_space_table()})
+    fill_blocks(TUNING, out / TUNING, {"search-spaces": search_space_table(), "protocol": protocol_table(studies),
+                                       "samplers": sampler_text(studies)})
     ablations = "\n\n".join(ablation_table(r.folder) for r in all_results if any((r.folder / "runs").glob("ablation-*")))
     fill_blocks(RELATIVES_DOC, out / RELATIVES_DOC, {"relatives": relatives_table(all_results), "ablations": ablations})
     storage = scaling.latest_storage_table()

@@ -83,17 +83,17 @@ def test_a_toy_search_writes_only_under_its_results_folder(tmp_path, monkeypatch
 
 
 def test_a_tuned_config_of_another_study_is_kept_unless_forced(tmp_path, capsys):
-    shipped = REPO / "results" / "tuned" / "curves" / "sgd.yaml"
+    shipped = REPO / "results" / "tuned" / "curves_synth" / "sgd.yaml"
     with pytest.raises(cli.UsageError, match=rf"{shipped} is a committed tuned config from results/reference/cpu/"
                                              r"curves_synth/.*sgd.db; not overwriting it: .*--force"):
-        tune.Search("curves_synth", "sgd", tmp_path / "res", tuned_dir=REPO / "results" / "tuned", export_as="curves")
+        tune.Search("curves_synth", "sgd", tmp_path / "res", tuned_dir=REPO / "results" / "tuned")
     assert not (tmp_path / "res").exists()  # refused before anything was created
 
-    tuned = tmp_path / "tuned" / "curves" / "sgd.yaml"
+    tuned = tmp_path / "tuned" / "curves_synth" / "sgd.yaml"
     tuned.parent.mkdir(parents=True)
     shutil.copy(shipped, tuned)
-    argv = ["--dataset", "curves_synth", "--optimizer", "sgd", "--trials", "1", "--seeds", "1", "--export-as",
-            "curves", "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), "--", *TINY,
+    argv = ["--dataset", "curves_synth", "--optimizer", "sgd", "--trials", "1", "--seeds", "1",
+            "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), "--", *TINY,
             "epochs=2"]
     with pytest.raises(SystemExit) as exit:
         cli.run(tune.main, argv)
