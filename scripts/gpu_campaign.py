@@ -42,6 +42,7 @@ from benchmarks.data import DataError
 from benchmarks.optimizers import paper_optimizers
 from benchmarks.results import bench_ms_per_step, bench_tables, read_summary
 from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name
+from benchmarks.tuned import tuned_name
 from benchmarks.workloads import load_dataset
 from scripts import figures, summary as summary_script
 from scripts.plan import Plan, PlannedRun, Processes, fetch_command
@@ -68,8 +69,8 @@ def device_info(device: torch.device) -> dict:
 
 
 def run_overrides(optimizer: str, out: Path, tiny: bool, graph: bool, tiny_epochs: int = 2) -> list[str]:
-    base = ["tuned=mnist/" + optimizer] if (REPO / "results/tuned/mnist" / f"{optimizer}.yaml").exists() \
-        else [f"optimizer={optimizer}", "dataset=mnist"]
+    tuned = tuned_name("mnist", optimizer)
+    base = [f"tuned={tuned}", "dataset=mnist"] if tuned else [f"optimizer={optimizer}", "dataset=mnist"]
     extra = [*TINY_RUN, f"epochs={tiny_epochs}"] if tiny else ["device=cuda"]
     return [*base, "seed=0", "group=gpu", f"results_dir={out}", "logger=disabled", "progress=false",
             f"cuda_graph={str(graph).lower()}", *extra]

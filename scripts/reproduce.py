@@ -29,11 +29,12 @@ from omegaconf import OmegaConf
 
 from benchmarks import cli
 from benchmarks.cli import UsageError
-from benchmarks.config import TUNED_DIR, compose_config, unknown_name
+from benchmarks.config import compose_config, unknown_name
 from benchmarks.fast import graph_safe
 from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import make_optimizer, optimizer_names, paper_optimizers
-from benchmarks.workloads import WORKLOADS, get_workload, paper_datasets
+from benchmarks.tuned import tuned_name, tuned_note
+from benchmarks.workloads import WORKLOADS, paper_datasets
 from scripts import figures, summary as summary_script
 from scripts.launch import LaunchSettings
 from scripts.plan import Plan, PlannedRun, executor_for, use_threads
@@ -80,24 +81,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             if name not in known:
                 raise UsageError(unknown_name(kind, name, known))
     return args, list(args.overrides)
-
-
-def tuned_name(dataset: str, optimizer: str, tuned_dir: Path = TUNED_DIR) -> str | None:
-    """The tuned config for this pair: searched on this data set, else on a generated stand-in for
-    it (a transfer: `tuned_note` says so), or None."""
-    stand_ins = [w.name for w in WORKLOADS.values() if w.stand_in_for == dataset]
-    for candidate in (dataset, *stand_ins):
-        if (tuned_dir / candidate / f"{optimizer}.yaml").exists():
-            return f"{candidate}/{optimizer}"
-    return None
-
-
-def tuned_note(dataset: str, tuned: str | None) -> str:
-    """How a run's setting was found, for its label in the plan."""
-    if tuned is None:
-        return " (untuned: the optimizer's defaults)"
-    searched_on = tuned.split("/")[0]
-    return "" if searched_on == dataset else f" (setting searched on {searched_on}, not on {dataset})"
 
 
 def replays_in_a_graph(optimizer: str) -> bool:

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from benchmarks.config import CONFIG_DIR, compose_config
 from benchmarks.optimizers import paper_optimizers, search_space
+from benchmarks.tuned import tuned_name
 from scripts import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,16 +58,11 @@ def test_two_point_multirun_sweep_writes_two_runs(tmp_path):
 
 def test_every_paper_pair_ships_a_tuned_config_with_provenance():
     """`make reproduce` finds a setting for every pair: searched on the data set, searched on its
-    stand-in (a transfer the plan names), or, while a search is pending, the published defaults,
-    which are then the optimizer's own defaults."""
+    stand-in (a transfer the plan names), or, while a search is pending, the published defaults."""
     for dataset in reproduce.PAPER_DATASETS:
         for optimizer in paper_optimizers():
-            tuned = reproduce.tuned_name(dataset, optimizer)
-            if tuned is None:
-                published = compose_config([f"tuned={dataset}/{optimizer}_published"])
-                assert published.tuned_source.kind == "published_default" and published.tuned_source.reference
-                assert published.optimizer == compose_config([f"optimizer={optimizer}"]).optimizer
-                continue
+            tuned = tuned_name(dataset, optimizer)
+            assert tuned is not None, f"no tuned config for {dataset}/{optimizer}"
             cfg = compose_config([f"tuned={tuned}", f"dataset={dataset}"])
             assert cfg.dataset.name == dataset and cfg.optimizer.name == optimizer
             source = cfg.tuned_source

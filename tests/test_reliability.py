@@ -112,11 +112,11 @@ def test_renamed_keys_name_their_new_spelling():
 # ----------------------------------------------------------------------------- the command line
 
 def test_tuned_configs_load_from_any_working_directory(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "benchmarks.train", "tuned=mnist/locoprop_m", "--cfg", "job"],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train", "tuned=mnist/kfac", "--cfg", "job"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "name: locoprop_m" in out.stdout and "name: mnist" in out.stdout
+    assert "name: kfac" in out.stdout and "name: mnist" in out.stdout
 
 
 @pytest.mark.slow
@@ -151,16 +151,21 @@ def test_progress_shows_steps_within_an_epoch(tmp_path, capfd):
 # ----------------------------------------------------------------------------- reports and batches
 
 @pytest.mark.slow
-def test_reproduce_continues_past_a_run_that_cannot_start(tmp_path, capsys):
+def test_reproduce_stops_before_training_when_data_is_missing_and_runs_what_it_can(tmp_path, capsys):
+    """The pre-flight names each missing data set once, with its fix, and trains nothing; without
+    the missing data set the same command trains and draws from what finished."""
     args = [f"results={tmp_path}", "seeds=1", "dataset=curves_synth,faces", "optimizer=sgd", "logger=disabled",
             "progress=false", f"dataset.root={tmp_path / 'nowhere'}", "dataset.n_train=200", "dataset.n_test=50",
             "batch_size=100", "model.sizes=[784,16,4,16,784]", "epochs=2", "throwaway_steps=0"]
     assert reproduce.main(args + ["dry_run=true"]) == 1  # says which data set is missing
     assert "data faces: MISSING" in capsys.readouterr().out
-    assert reproduce.main(args) == 1
+    assert reproduce.main(args) == 2
     err = capsys.readouterr().err
-    assert "faces/sgd seed 0" in err and "newfaces_rot_single.mat" in err
-    assert (tmp_path / "summaries" / "reproduce" / "summary.md").exists()  # drawn from what finished
+    assert "newfaces_rot_single.mat" in err and "make data" in err
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    only = [a if not a.startswith("dataset=") else "dataset=curves_synth" for a in args]
+    assert reproduce.main(only) == 0
+    assert (tmp_path / "summaries" / "reproduce" / "summary.md").exists()
     assert (tmp_path / "figures" / "reproduce" / "curves_synth_train_vs_epoch.png").exists()
 
 
