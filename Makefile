@@ -10,6 +10,11 @@ BENCH_ARGS ?=
 ABLATION_ARGS ?=
 # e.g. GPU_ARGS="--out $$OUT/h200 --archive" on a lent machine (its $OUT returns few files: take the archive)
 GPU_ARGS ?=
+# make compare OPTIMIZER=torch.optim.NAdam WORKLOADS=curves_synth [OUT=compare/nadam] [COMPARE_ARGS="--protocol quick"]
+OPTIMIZER ?=
+WORKLOADS ?= mnist,faces_synth,curves_synth
+OUT ?=
+COMPARE_ARGS ?=
 
 TUNE_DATASETS ?= mnist faces curves
 TUNE_OPTIMIZERS ?= paper
@@ -17,7 +22,7 @@ TUNE_TRIALS ?= 16
 TUNE_WORKERS ?= 1
 TUNE_ARGS ?=
 
-.PHONY: install test demo train bench figures summary report ablations gpu-campaign reproduce tune campaign-cpu data
+.PHONY: install test demo train bench figures summary report ablations gpu-campaign reproduce tune campaign-cpu data compare
 
 install:  ## install the package, its test tools and the sweep launchers (CI pins torch via constraints-ci.txt)
 	$(PYTHON) -m pip install -c constraints-ci.txt -e ".[dev,sweep]"
@@ -57,6 +62,10 @@ tune:  ## full-length searches (equal budget, successive halving, SQLite studies
 	  $(PYTHON) -m scripts.tune --dataset $$d --optimizer $$o --trials $(TUNE_TRIALS) --workers $(TUNE_WORKERS) \
 	    --results $(RESULTS) -- $(TUNE_ARGS) || exit 1; \
 	done; done
+
+compare:  ## a new optimizer (config name or module.Class) under the reference protocol, beside the committed rows -> OUT (compare/<name>)
+	@test -n "$(OPTIMIZER)" || { echo "make compare: give OPTIMIZER=<config name or module.Class>"; exit 2; }
+	$(PYTHON) -m scripts.compare $(OPTIMIZER) --workloads $(WORKLOADS) $(if $(OUT),--out $(OUT)) $(COMPARE_ARGS)
 
 campaign-cpu:  ## the shipped CPU reference comparison (many CPU hours; resumable): results/reference/cpu/
 	nice -n 19 $(PYTHON) -m scripts.campaign cpu-reference --workers 2 --threads 1
