@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import family_of
+from benchmarks.optimizers import family_of
 
 DASH = "—"
 

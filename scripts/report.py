@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, family_of, load_runs,
-                                mean_std, optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
-                                workload_of, write_json, write_text)
-from benchmarks.reference import BENCH, ROOT
-from benchmarks.tables import DASH, fmt, fmt_mean_std, rank_text, ranked, welch_p
+from benchmarks.results import (DASH, HEALTHY, REFERENCE_BENCH as BENCH, REFERENCE_ROOT as ROOT, WORKLOAD_ORDER,
+                                bench_device, bench_ms_per_step, family_of, fmt, fmt_mean_std, load_runs, mean_std,
+                                optimizer_info, optimizer_names, provenance, rank_text, ranked, read_studies, run_record,
+                                search_space, welch_p, workload_of, write_json, write_text)
 from scripts import figures, scaling, summary
 
 DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tuning.md")
