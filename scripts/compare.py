@@ -3,7 +3,7 @@ reference protocol and places its row among the committed rows.
 
     python -m scripts.compare torch.optim.NAdam --workloads curves_synth          # a class of any module
     python -m scripts.compare mypkg.opt.my_factory --space my_space.yaml          # a factory (model, **hp)
-    python -m scripts.compare soap --protocol quick                               # a config of configs/optimizer/
+    python -m scripts.compare momentum --protocol quick                           # a config of configs/optimizer/
     make compare OPTIMIZER=torch.optim.NAdam WORKLOADS=curves_synth
 
 For each workload it reads the protocol of the committed rows from their Optuna studies (trials,
@@ -289,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         protocols = {d: reference_protocol(args.root, d) for d in workloads}
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    taken = [d for d in workloads if (args.root / d / "runs" / FINAL_GROUP / d / spec.name).is_dir()]
+    if taken:
+        raise SystemExit(f"error: optimizer {spec.name!r} already has committed rows on {', '.join(taken)}: "
+                         "compare a new optimizer (a config of your own, or --name for a dotted path)")
     quick = args.protocol == "quick"
     if quick:
         protocols = {d: quick_protocol(p) for d, p in protocols.items()}
