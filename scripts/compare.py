@@ -145,7 +145,7 @@ def workload_section(dataset: str, spec, runs: pd.DataFrame, metrics: pd.DataFra
                  f"{int(r['n_seeds'])} ({int(r['n_diverged'])})",
                  fmt_mean_std(r[f"final_{primary}_mean"], r[f"final_{primary}_std"]),
                  fmt_mean_std(r[f"final_{test}_mean"], r[f"final_{test}_std"]),
-                 fmt_mean_std(r["bench_ms_per_step"], None, 0) + (" (here)" if new else ""),
+                 fmt(r["bench_ms_per_step"], 0) + (" (here)" if new else ""),
                  reach_text(r["epochs_to_target"], r["bench_seconds_to_target"], int(r["n_reached_target"]),
                             int(r["n_healthy"])),
                  new_verdict if new else ("best committed row" if r["optimizer"] == best else DASH)]
@@ -186,11 +186,11 @@ def write_outputs(spec, protocols: dict, root: Path, bench_path: Path, out: Path
     for dataset, protocol in protocols.items():
         committed, committed_metrics = load_runs(root / dataset, FINAL_GROUP)
         new, new_metrics = load_runs(out, FINAL_GROUP)
-        keep = (new["dataset"] == dataset) & (new["optimizer"] == spec.name) if len(new) else []
-        new_runs = new[keep] if len(new) else new
-        runs = pd.concat([committed, new_runs], ignore_index=True)
-        metrics = pd.concat([committed_metrics, new_metrics[new_metrics["run_dir"].isin(new_runs["run_dir"])]],
-                            ignore_index=True) if len(new) else committed_metrics
+        if len(new):
+            new = new[(new["dataset"] == dataset) & (new["optimizer"] == spec.name)]
+            new_metrics = new_metrics[new_metrics["run_dir"].isin(new["run_dir"])]
+        runs = pd.concat([committed, new], ignore_index=True)
+        metrics = pd.concat([committed_metrics, new_metrics], ignore_index=True)
         own_bench = {**bench, (workload_of(dataset).architecture, spec.name, 1000): ms.get(dataset) or float("nan")}
         text, table = workload_section(dataset, spec, runs, metrics, committed, own_bench, protocol, quick)
         atomic_write_text(out / f"{dataset}.md", text)
