@@ -11,6 +11,11 @@ BENCH_ARGS ?=
 ABLATION_ARGS ?=
 # e.g. GPU_ARGS="--out $$OUT/h200 --archive" on a lent machine (its $OUT returns few files: take the archive)
 GPU_ARGS ?=
+# make compare OPTIMIZER=torch.optim.NAdam WORKLOADS=curves_synth [OUT=compare/nadam] [COMPARE_ARGS="--protocol quick"]
+OPTIMIZER ?=
+WORKLOADS ?= mnist,faces_synth,curves_synth
+OUT ?=
+COMPARE_ARGS ?=
 
 TUNE_DATASETS ?= mnist faces curves
 TUNE_OPTIMIZERS ?= paper
@@ -19,7 +24,7 @@ TUNE_WORKERS ?= 1
 TUNE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo train bench figures summary report ablations gpu-campaign reproduce tune campaign-cpu data
+.PHONY: help install test demo train bench figures summary report ablations gpu-campaign reproduce tune campaign-cpu data compare
 
 help:  ## this list
 	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +67,10 @@ tune:  ## full-length searches (equal budget, successive halving, SQLite studies
 	  $(PYTHON) -m scripts.tune --dataset $$d --optimizer $$o --trials $(TUNE_TRIALS) --workers $(TUNE_WORKERS) \
 	    --results $(RESULTS) -- $(TUNE_ARGS) || exit 1; \
 	done; done
+
+compare:  ## a new optimizer (config name or module.Class) under the reference protocol, beside the committed rows -> OUT (compare/<name>)
+	@test -n "$(OPTIMIZER)" || { echo "make compare: give OPTIMIZER=<config name or module.Class>"; exit 2; }
+	$(PYTHON) -m scripts.compare $(OPTIMIZER) --workloads $(WORKLOADS) $(if $(OUT),--out $(OUT)) $(COMPARE_ARGS)
 
 campaign-cpu:  ## the shipped CPU reference comparison (many CPU hours; resumable): results/reference/cpu/
 	nice -n 19 $(PYTHON) -m scripts.campaign cpu-reference --workers 2 --threads 1

@@ -146,13 +146,19 @@ def search_space(name: str) -> dict[str, dict[str, Any]]:
         if not isinstance(lr, (int, float)) or lr <= 0:
             raise ValueError(f"{info_path} has no positive lr to centre a default search space on: "
                              f"write {path} (dotted keys with {{low, high, log}} or {{choices}})")
-        factor = 10 ** DEFAULT_SEARCH_DECADES
-        space = {"optimizer.lr": {"low": float(lr) / factor, "high": float(lr) * factor, "log": True}}
+        space = default_search_space(lr)
         where = f"the default search space of {name} (no {path})"
     for key, spec in space.items():
         if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
             raise ValueError(f"{where}: {key} needs {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
     return space
+
+
+def default_search_space(lr: float) -> dict[str, dict[str, Any]]:
+    """The space of an optimizer without a sweep file: the learning rate log-uniform over three
+    decades centred on its value, [lr / 10^1.5, lr * 10^1.5]."""
+    factor = 10 ** DEFAULT_SEARCH_DECADES
+    return {"optimizer.lr": {"low": float(lr) / factor, "high": float(lr) * factor, "log": True}}
 
 
 # ----------------------------------------------------------------------------- building one

@@ -27,8 +27,10 @@ import yaml
 from benchmarks.benchtable import ms_per_step
 from benchmarks.optimizers import (default_style, family_of, label as optimizer_label, optimizer_info, optimizer_names,
                                    search_space)
+from benchmarks.reference import BENCH as REFERENCE_BENCH, ROOT as REFERENCE_ROOT
 from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, LATER_DEFAULTS,
                                atomic_write_json, atomic_write_text, config_hash, read_summary)
+from benchmarks.tables import DASH, fmt, fmt_mean_std, markdown_table, rank_text, ranked
 from benchmarks.workloads import WORKLOADS, Workload
 
 WORKLOAD_ORDER = tuple(WORKLOADS)  # the paper's order, each stand-in beside its data set
@@ -42,7 +44,8 @@ LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
 
 __all__ = ["HEALTHY", "WORKLOAD_ORDER", "bench_device", "bench_tables", "best_trial", "read_studies", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
            "read_summary", "workload_of", "mean_std", "load_reconstructions", "optimizer_label",
-           "optimizer_info", "optimizer_names", "search_space", "default_style", "family_of"]
+           "optimizer_info", "optimizer_names", "search_space", "default_style", "family_of",
+           "REFERENCE_BENCH", "REFERENCE_ROOT", "DASH", "fmt", "fmt_mean_std", "markdown_table", "rank_text", "ranked"]
 
 
 def workload_of(dataset: str) -> Workload:

@@ -26,21 +26,20 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, family_of, load_runs,
-                                mean_std, optimizer_info, optimizer_names, provenance, read_studies, run_record, search_space,
-                                workload_of, write_json, write_text)
+from benchmarks.results import (DASH, HEALTHY, REFERENCE_BENCH as BENCH, REFERENCE_ROOT as ROOT, WORKLOAD_ORDER,
+                                bench_device, bench_ms_per_step, family_of, fmt, fmt_mean_std, load_runs, mean_std,
+                                optimizer_info, optimizer_names, provenance, rank_text, ranked, read_studies, run_record,
+                                search_space, workload_of, write_json, write_text)
 from benchmarks.plateau import PLATEAU_FILE, plateau_of, plateau_record
 from benchmarks.statistics import gap_standard_error, seed_test
 from scripts import figures, scaling, summary, tuning_report
 
-ROOT = Path("results/reference/cpu")
 PUBLISHED_GROUP = "published"  # runs of an optimizer's published defaults (not searched)
-BENCH = Path("results/bench/intel_xeon_processor_family_6_model_167_x1.json")
 DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tuning.md")
 RELATIVES_DOC = Path("docs/locoprop_vs_target_propagation.md")
 SCALING_DOC = Path("docs/scaling.md")
@@ -48,7 +47,6 @@ BATCH, TRAINED_EPOCHS, SEEDS = 1000, 99, 3  # the reference protocol's batch, tr
 NOISE_P = 0.05  # a gap is told apart from seed noise when the seed test (benchmarks.statistics) gives p below this
 STALL_MARGIN = 0.01  # a run has left the mean-image plateau once its best loss is this fraction below it
 EDGE = 0.05  # a winner within this fraction of a range's ends (log scale where searched so) is at the edge
-DASH = "—"
 VERSION_MARK = "‡"  # a row whose seeds ran at several commits or thread counts (see the provenance)
 
 
@@ -68,49 +66,9 @@ class WorkloadResults:
 
 # ----------------------------------------------------------------------------- numbers
 
-def fmt(value: float, digits: int = 2) -> str:
-    return DASH if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
-
-
-def fmt_mean_std(mean: float, std: float, digits: int = 2) -> str:
-    if mean is None or not math.isfinite(mean):
-        return DASH
-    return fmt(mean, digits) + (f" ± {std:.{digits}f}" if std is not None and math.isfinite(std) else "")
-
-
 def steps_per_run(dataset: str, n_train: int | None = None) -> int:
     """Optimizer steps of one reference run: steps per epoch (the last partial batch dropped) x epochs."""
     return (n_train or workload_of(dataset).n_train) // BATCH * TRAINED_EPOCHS
-
-
-def ranked(table: pd.DataFrame, primary: str) -> pd.DataFrame:
-    """The paper's field (its optimizers and LocoProp's relatives) by mean final train loss, ranked,
-    rows without a finished seed last; then the modern family, apart, each with the rank it would
-    take in the paper's field (`rank_among`)."""
-    column = f"final_{primary}_mean"
-    out = table.assign(_key=table[column].fillna(np.inf), _modern=[family_of(o) == "modern" for o in table["optimizer"]])
-    out = out.sort_values(["_modern", "_key", "optimizer"])
-    field = out.loc[~out["_modern"], "_key"].to_numpy(float)
-    out["rank"] = [None] * len(out)
-    out["rank_among"] = [None] * len(out)
-    position = 0
-    for index, row in out.iterrows():
-        if not math.isfinite(row["_key"]):
-            continue
-        if row["_modern"]:
-            out.at[index, "rank_among"] = int((field < row["_key"]).sum()) + 1
-        else:
-            position += 1
-            out.at[index, "rank"] = position
-    return out.drop(columns=["_key", "_modern"])
-
-
-def rank_text(row: pd.Series) -> str:
-    if row["rank"] is not None and row["rank"] == row["rank"]:
-        return str(int(row["rank"]))
-    if row["rank_among"] is not None and row["rank_among"] == row["rank_among"]:
-        return f"({int(row['rank_among'])})"
-    return DASH
 
 
 def finals(results: WorkloadResults, optimizer: str) -> dict[int, float]:

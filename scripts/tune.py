@@ -133,11 +133,15 @@ class Search:
     def __init__(self, dataset: str, optimizer: str, results: str | Path = "results", protocol: Protocol | None = None,
                  storage: str | None = None, tuned_dir: str | Path | None = None, export_as: str | None = None,
                  note: str = "", heartbeat_interval: int = HEARTBEAT_INTERVAL_S, grace_period: int = GRACE_PERIOD_S,
-                 wandb: bool = False, create: bool = True, force: bool = False):
+                 wandb: bool = False, create: bool = True, force: bool = False,
+                 space: dict[str, dict[str, Any]] | None = None, config_overrides: tuple[str, ...] = ()):
         self.dataset, self.optimizer = dataset, optimizer
         self.results = Path(results)
         self.protocol = protocol or Protocol()
-        self.space = search_space(optimizer)
+        self.space = space if space is not None else search_space(optimizer)
+        # where the runs find an optimizer config kept outside configs/ (a Hydra search path); not
+        # part of the protocol, nor of the run ids
+        self.config_overrides = list(config_overrides)
         folder = self.results / "tuning" / dataset
         self.db_path = folder / f"{optimizer}.db"
         self.storage_url = storage or f"sqlite:///{self.db_path}"
@@ -224,7 +228,7 @@ class Search:
                        f"logger.tags=[{self.dataset},{self.optimizer},{group}]"]
         return compose_config([f"dataset={self.dataset}", f"optimizer={self.optimizer}", f"seed={seed}",
                                f"group={group}", f"results_dir={self.results}", f"eval_every={self.protocol.eval_every}",
-                               *logging, *self.protocol.overrides, *overrides_for(values)])
+                               *self.config_overrides, *logging, *self.protocol.overrides, *overrides_for(values)])
 
     def run_trial(self, trial: optuna.Trial) -> str:
         """Train one trial; tell Optuna how it ended (complete, pruned, or failed)."""
@@ -345,15 +349,16 @@ class Search:
         for cfg in self.seed_configs():
             if cfg.seed == 0 and self._promote_winner(cfg):
                 return "seed"
-            status = (read_summary(run_dir_for(cfg)) or {}).get("status")
-            if status in SEED_DONE:
+            if _seed_done(read_summary(run_dir_for(cfg))):
                 continue
             try:
-                train(cfg)
+                summary = train(cfg)
             except RunInUse:  # another worker holds this run: leave it to them
                 continue
+            if _stopped_by_signal(summary):  # this worker is being ended: the seed resumes next time
+                raise SystemExit(f"[tune] {self.study.study_name}: seed {cfg.seed} {summary['reason']}")
             return "seed"
-        if any(s not in SEED_DONE for s in self.seed_statuses()):
+        if not all(_seed_done(read_summary(run_dir_for(cfg))) for cfg in self.seed_configs()):
             return "busy"
         with self._lock():
             if self.exported() != (self.best().number, list(range(self.protocol.seeds))):
@@ -474,6 +479,15 @@ class Search:
         atomic_write_text(self.tuned_path, text)
         print(f"[tune] wrote {self.tuned_path}")
         return self.tuned_path
+
+
+def _stopped_by_signal(summary: dict | None) -> bool:
+    return bool(summary) and summary.get("status") == "stopped" and "by signal" in str(summary.get("reason"))
+
+
+def _seed_done(summary: dict | None) -> bool:
+    """A seed run that ended for good (a run stopped by a signal resumes instead)."""
+    return bool(summary) and summary.get("status") in SEED_DONE and not _stopped_by_signal(summary)
 
 
 def _trained_epochs(cfg: DictConfig) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -296,3 +297,28 @@ def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path
     train(clean)
     pd.testing.assert_frame_equal(pd.read_csv(run / "metrics.csv")[COLUMNS],
                                   pd.read_csv(run_dir_for(clean) / "metrics.csv")[COLUMNS])
+
+
+
+def test_a_seed_stopped_by_a_signal_ends_the_worker_and_resumes_next_time(tmp_path, monkeypatch):
+    import scripts.tune as tune
+
+    search = tiny_search(tmp_path, trials=1, seeds=2)
+    assert search.step() == "trial"
+    real_train = tune.train
+
+    def signalled(cfg, on_epoch=None):  # the runner's record of a SIGTERM during the run
+        summary = {**real_train(cfg, on_epoch), "status": "stopped", "reason": "stopped by signal SIGTERM after epoch 3"}
+        (run_dir_for(cfg) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr(tune, "train", signalled)
+    with pytest.raises(SystemExit, match="seed 1 stopped by signal SIGTERM"):
+        while search.step() != "done":
+            pass
+    calls = []
+    monkeypatch.setattr(tune, "train", lambda cfg, on_epoch=None: calls.append(cfg.seed) or real_train(cfg, on_epoch))
+    while search.step() != "done":
+        pass
+    assert calls == [1]  # the stopped seed ran again (resumed), nothing else did
+    assert json.loads((run_dir_for(search.seed_configs()[1]) / "summary.json").read_text())["status"] == "finished"
