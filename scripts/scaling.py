@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 
@@ -70,7 +71,7 @@ def measure(out: Path) -> Path:
     machine = f"{cpu_model()}"
     stem = "storage_" + "".join(c if c.isalnum() else "_" for c in machine.lower()).strip("_")
     path = out / f"{stem}.json"
-    write_json(path, {"machine": machine, "optuna": optuna.__version__, "one_client": True, "rates": rates})
+    write_json(path, {"machine": machine, "optuna": version("optuna"), "one_client": True, "rates": rates})
     return path
 
 

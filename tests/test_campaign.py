@@ -100,6 +100,21 @@ def test_collect_never_replaces_a_study_with_fewer_ended_trials(tmp_path):
     assert _count(dst) == 6
 
 
+def test_collect_reads_a_study_file_without_writing_to_it(tmp_path):
+    """A worker has created the file but no study in it yet: nothing to collect, and reading it through
+    Optuna (which would add its tables) leaves the worker's file as it was."""
+    src = tmp_path / "src" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"")
+    assert campaign.collect(tmp_path / "src", root=tmp_path / "dst") == 0
+    assert src.read_bytes() == b"" and not (tmp_path / "dst").exists()
+    _study(src.with_name("other.db"), finished=1, running=1)
+    before = src.with_name("other.db").read_bytes()
+    assert campaign.collect(tmp_path / "src", root=tmp_path / "dst") == 1
+    assert src.with_name("other.db").read_bytes() == before
+    assert _count(tmp_path / "dst" / "curves_synth" / "tuning" / "curves_synth" / "other.db") == 2
+
+
 @pytest.mark.parametrize("source_date, target_date, copied", [
     ("2026-11-29T20:00:00Z", "2026-11-29T19:00:00Z", True),   # a newer export replaces an older one
     ("2026-11-29T18:00:00Z", "2026-11-29T19:00:00Z", False),  # an older export is left out

@@ -63,7 +63,7 @@ def load(storage: str) -> optuna.Study:
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
 def test_a_trial_whose_heartbeat_stopped_is_failed_and_its_setting_enqueued_once(kind, tmp_path, request):
-    """Two trials asked by hand: one beats in `heartbeat` throughout, the other beat once and went
+    """Two trials asked by hand beat once; then one beats in `heartbeat` throughout and the other stays
     quiet. Past the grace period `fail_lost_trials` fails the quiet one only and enqueues its setting
     once (asking again does not enqueue it twice)."""
     storage = open_storage(storage_url(kind, tmp_path, request), heartbeat_interval=1, grace_period=2)
@@ -71,7 +71,8 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_its_setting_enqueued_once
     with warnings.catch_warnings():  # Optuna warns that its heartbeats are meant for Study.optimize
         warnings.simplefilter("ignore", UserWarning)
         lost, alive = (study.ask({"x": FloatDistribution(0.0, 1.0)}) for _ in range(2))
-    storage.record_heartbeat(study_trial_id(storage, study, lost.number))
+    for trial in (lost, alive):  # both have beaten: only the heartbeat thread keeps `alive` from going stale
+        storage.record_heartbeat(study_trial_id(storage, study, trial.number))
     with heartbeat(storage, alive):
         time.sleep(3.2)  # the lost trial's beat is 3 s old in SQLite's whole seconds too, past the 2 s grace
         fail_lost_trials(storage, study)
