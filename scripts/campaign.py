@@ -20,10 +20,12 @@ optimizers of the 'modern' family (Muon, SOAP, Schedule-Free AdamW), apart from 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import shutil
 import sqlite3
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +39,7 @@ from benchmarks.config import compose_config
 from benchmarks.preflight import problems
 from benchmarks.optimizers import optimizer_info, optimizer_names, paper_optimizers
 from benchmarks.results import best_trial, read_summary
-from benchmarks.rundir import RunInUse, atomic_write_text, run_dir_for
+from benchmarks.rundir import RunInUse, atomic_write, atomic_write_text, run_dir_for
 from benchmarks.train import train
 from scripts.ablations import ablation_configs, ablation_names
 from scripts.launch import add_launch_args, settings_from, spawn_processes, submit, wait
@@ -226,15 +228,20 @@ RUN_FILES = ("config.yaml", "metrics.csv", "summary.json")
 
 
 def _trial_counts(db: Path) -> tuple[int, int]:
-    """(trials that have ended: complete, pruned or failed; all trials) in a study file."""
+    """(trials that have ended: complete, pruned or failed; all trials) in a study file, read through
+    Optuna (which adds its tables to a file that has none yet: give it a snapshot, not a live file)."""
     if not db.exists():
         return 0, 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            ended, total = conn.execute("SELECT SUM(state NOT IN ('RUNNING', 'WAITING')), COUNT(*) FROM trials").fetchone()
-            return ended or 0, total
-    except sqlite3.Error:  # created, no study in it yet
-        return 0, 0
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    trials = [trial for name in optuna.get_all_study_names(storage)
+              for trial in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)]
+    return sum(trial.state.is_finished() for trial in trials), len(trials)
+
+
+def _snapshot(db: Path, copy: Path) -> None:
+    """A consistent copy of a SQLite file, even while a worker writes to it."""
+    with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
 
 
 def _export_date(path: Path) -> str:
@@ -265,11 +272,12 @@ def collect(source: str | Path, root: str | Path = "results/reference/cpu", tune
                 copied += 1
     for db in sorted(source.glob("*/tuning/*/*.db")):
         target = root / db.relative_to(source)
-        if _trial_counts(db) <= _trial_counts(target):  # nothing new there
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(db) as src, sqlite3.connect(target) as dst:
-            src.backup(dst)  # a consistent copy even while a worker writes
+        with tempfile.TemporaryDirectory() as tmp:
+            snapshot = Path(tmp) / db.name
+            _snapshot(db, snapshot)
+            if _trial_counts(snapshot) <= _trial_counts(target):  # nothing new there
+                continue
+            atomic_write(target, lambda partial: shutil.copyfile(snapshot, partial))
         copied += 1
     for path in sorted(Path(tuned_from).glob("*/*.yaml")) if tuned_from else []:
         target = Path(tuned_dir) / path.relative_to(tuned_from)

@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 
@@ -25,7 +26,7 @@ import optuna
 
 from benchmarks.results import read_summary, workload_of, write_json
 from benchmarks.rundir import cpu_model
-from scripts.storage import HEARTBEAT_INTERVAL_S, open_storage
+from scripts.storage import HEARTBEAT_INTERVAL_S, open_storage, study_trial_id
 
 FIXED_WRITES_PER_TRIAL = 12  # ask, the drawn setting, owner and run attributes, the tell, the claim's queries
 WORKER_COUNTS = (1, 8, 64, 512, 4096)
@@ -41,9 +42,10 @@ def measure_storage(url: str, writes: int = 300) -> dict[str, float]:
     for step in range(writes):
         trial.report(float(step), step)
     report_rate = writes / (time.perf_counter() - start)
+    trial_id = study_trial_id(storage, study, trial.number)
     start = time.perf_counter()
     for _ in range(writes):
-        storage.record_heartbeat(trial._trial_id)
+        storage.record_heartbeat(trial_id)
     heartbeat_rate = writes / (time.perf_counter() - start)
     study.tell(trial, 0.0)
     return {"report_writes_per_s": report_rate, "heartbeat_writes_per_s": heartbeat_rate}
@@ -69,7 +71,7 @@ def measure(out: Path) -> Path:
     machine = f"{cpu_model()}"
     stem = "storage_" + "".join(c if c.isalnum() else "_" for c in machine.lower()).strip("_")
     path = out / f"{stem}.json"
-    write_json(path, {"machine": machine, "optuna": optuna.__version__, "one_client": True, "rates": rates})
+    write_json(path, {"machine": machine, "optuna": version("optuna"), "one_client": True, "rates": rates})
     return path
 
 

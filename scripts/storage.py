@@ -1,21 +1,25 @@
-"""Where a search's study lives, and how a lost worker's trial comes back: Optuna's own machinery.
+"""Where a search's study lives, and how a lost worker's trial comes back: Optuna's own machinery,
+through its public API only (a private name can change in any Optuna release).
 
 - `sqlite:///<file>` (the default, `<results>/tuning/<dataset>/<optimizer>.db`) or any SQLAlchemy
   URL such as `postgresql://user@host/db`: Optuna's `RDBStorage`;
 - `journal:<file>`: Optuna's `JournalStorage` on a file (`JournalFileBackend`), for shared file
   systems where SQLite's locking is unsafe (NFS and the like).
 
-Each running trial records a heartbeat every `heartbeat_interval` seconds (Optuna's heartbeat
-thread). A trial whose heartbeat is older than `grace_period` has lost its worker (a killed
-process, a machine that went away): `optuna.storages.fail_stale_trials` marks it failed, and
-Optuna's `RetryHeartbeatStaleTrialCallback` enqueues its setting again, so the next free worker
-runs it (resuming the run from its last epoch checkpoint). `RDBStorage` keeps heartbeats in its
-own table; `JournalStorage` has none in Optuna, so `HeartbeatJournalStorage` adds the same
-interface with the heartbeat stored as a trial attribute.
+Each running trial records a heartbeat every `heartbeat_interval` seconds (`heartbeat`, the thread
+`Study.optimize` runs, for trials asked and told by hand). A trial whose heartbeat is older than
+`grace_period` has lost its worker (a killed process, a machine that went away): `fail_lost_trials`
+marks it failed, and Optuna's `RetryHeartbeatStaleTrialCallback` enqueues its setting again, so the
+next free worker runs it (resuming the run from its last epoch checkpoint). `RDBStorage` keeps
+heartbeats in its own table and `optuna.storages.fail_stale_trials` fails its lost trials;
+`JournalStorage` has no heartbeats in Optuna, so `HeartbeatJournalStorage` keeps the heartbeat as a
+trial attribute and fails lost trials the same way.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +27,6 @@ from typing import Iterator
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -33,16 +36,16 @@ MAX_RETRY = 3  # a setting whose worker dies more often than this is left failed
 JOURNAL_PREFIX = "journal:"
 
 
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """Optuna's JournalStorage with the heartbeat interface of its RDBStorage."""
+class HeartbeatJournalStorage(JournalStorage):
+    """Optuna's JournalStorage with heartbeats: a trial's last beat is a trial attribute."""
 
     HEARTBEAT_KEY = "heartbeat"
 
     def __init__(self, path: str | Path, heartbeat_interval: int, grace_period: int,
                  stale_trial_callback=None):
         super().__init__(JournalFileBackend(str(path)))
-        self._heartbeat_interval, self._grace_period = heartbeat_interval, grace_period
-        self._stale_trial_callback = stale_trial_callback
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.stale_trial_callback = stale_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
@@ -50,16 +53,24 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         except optuna.exceptions.UpdateFinishedTrialError:  # given up for lost: its worker learns it at its next epoch
             pass
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def get_heartbeat_interval(self) -> int:
+        return self.heartbeat_interval
+
+    def fail_stale_trials(self, study: optuna.Study) -> None:
+        """What `optuna.storages.fail_stale_trials` does for RDBStorage: fail the running trials
+        whose last beat is older than the grace period, then call back for each one failed here."""
         now = time.time()
-        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                if self.HEARTBEAT_KEY in t.system_attrs and now - t.system_attrs[self.HEARTBEAT_KEY] > self._grace_period]
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self):
-        return self._stale_trial_callback
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = trial.system_attrs.get(self.HEARTBEAT_KEY)
+            if beat is None or now - beat <= self.grace_period:
+                continue
+            trial_id = study_trial_id(self, study, trial.number)
+            try:
+                failed = self.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+                continue
+            if failed and self.stale_trial_callback is not None:  # a copy: the callback edits its attributes
+                self.stale_trial_callback(study, copy.deepcopy(self.get_trial(trial_id)))
 
 
 def open_storage(url: str, heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
@@ -91,15 +102,38 @@ def storage_label(url: str) -> str:
     return url.split("://", 1)[0] + " database (URL not recorded)"
 
 
+def study_trial_id(storage: BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of the study's trial `number` (Optuna keeps a trial's id private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
 @contextlib.contextmanager
-def heartbeat(trial: optuna.Trial) -> Iterator[None]:
-    """Optuna's heartbeat thread for `trial` while the block runs (what `Study.optimize` does)."""
-    with get_heartbeat_thread(trial._trial_id, trial.study._storage):
+def heartbeat(storage: BaseStorage, trial: optuna.Trial) -> Iterator[None]:
+    """Record `trial`'s heartbeat in `storage` (the one `open_storage` gave its study) every
+    heartbeat interval while the block runs, as `Study.optimize` does for the trials it runs."""
+    trial_id = study_trial_id(storage, trial.study, trial.number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(timeout=storage.get_heartbeat_interval()):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
         yield
+    finally:
+        stop.set()
+        thread.join()
 
 
-def fail_lost_trials(study: optuna.Study) -> None:
+def fail_lost_trials(storage: BaseStorage, study: optuna.Study) -> None:
     """Fail the running trials whose worker stopped beating and enqueue their settings again."""
+    if isinstance(storage, HeartbeatJournalStorage):
+        storage.fail_stale_trials(study)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

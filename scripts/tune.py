@@ -155,6 +155,7 @@ class Search:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         exists = create or study_exists(self.storage_url, f"{dataset}-{optimizer}")
+        self.storage = None  # the study's storage object: heartbeats are recorded in it
         self.study = self._open_study() if exists else None
 
     # -- study
@@ -163,7 +164,7 @@ class Search:
         sampler = KeyedTPESampler(distributions(self.space), seed=p.sampler_seed, startup_trials=p.startup_trials)
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
         with self._lock():
-            storage = open_storage(self.storage_url, self.heartbeat_interval, self.grace_period)
+            self.storage = storage = open_storage(self.storage_url, self.heartbeat_interval, self.grace_period)
             study = optuna.create_study(storage=storage, study_name=f"{self.dataset}-{self.optimizer}",
                                         direction="minimize", sampler=sampler, pruner=pruner, load_if_exists=True)
             recorded = study.user_attrs.get("protocol")
@@ -198,7 +199,7 @@ class Search:
         """A new (or retried) trial if the budget allows; the count includes running ones, so
         concurrent workers never overshoot the budget."""
         with self._lock():
-            fail_lost_trials(self.study)  # Optuna's heartbeat: a dead worker's trial fails and is enqueued again
+            fail_lost_trials(self.storage, self.study)  # Optuna's heartbeat: a dead worker's trial fails and is enqueued again
             waiting = self.trials(TrialState.WAITING)
             used = len(self.trials(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
             failures = len([t for t in self.trials(TrialState.FAIL) if "error" in t.user_attrs])
@@ -263,7 +264,7 @@ class Search:
             try:
                 # SIGTERM or Ctrl-C: the run is recorded as stopped and cli.Interrupted ends this worker; the
                 # trial stays running, so its heartbeat stops and a later worker resumes it from its checkpoint
-                with heartbeat(trial):
+                with heartbeat(self.storage, trial):
                     summary = train(cfg, on_epoch=on_epoch)
                 break
             except RunInUse:

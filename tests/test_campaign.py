@@ -1,7 +1,6 @@
 """scripts.campaign: the shipped plans give every optimizer the same budget, and `collect` copies a
 campaign's small files without checkpoints and without replacing newer results by older ones."""
 import os
-import sqlite3
 
 import optuna
 import pytest
@@ -51,8 +50,7 @@ def _study(path, finished: int, running: int = 0) -> None:
 
 
 def _count(path) -> int:
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    return len(optuna.load_study(study_name="curves_synth-sgd", storage=f"sqlite:///{path}").get_trials())
 
 
 def _tuned(path, date: str | None) -> None:
@@ -100,6 +98,21 @@ def test_collect_never_replaces_a_study_with_fewer_ended_trials(tmp_path):
     os.replace(src.with_name("other.db"), src)
     campaign.collect(tmp_path / "src", root=tmp_path / "dst")
     assert _count(dst) == 6
+
+
+def test_collect_reads_a_study_file_without_writing_to_it(tmp_path):
+    """A worker has created the file but no study in it yet: nothing to collect, and reading it through
+    Optuna (which would add its tables) leaves the worker's file as it was."""
+    src = tmp_path / "src" / "curves_synth" / "tuning" / "curves_synth" / "sgd.db"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"")
+    assert campaign.collect(tmp_path / "src", root=tmp_path / "dst") == 0
+    assert src.read_bytes() == b"" and not (tmp_path / "dst").exists()
+    _study(src.with_name("other.db"), finished=1, running=1)
+    before = src.with_name("other.db").read_bytes()
+    assert campaign.collect(tmp_path / "src", root=tmp_path / "dst") == 1
+    assert src.with_name("other.db").read_bytes() == before
+    assert _count(tmp_path / "dst" / "curves_synth" / "tuning" / "curves_synth" / "other.db") == 2
 
 
 @pytest.mark.parametrize("source_date, target_date, copied", [

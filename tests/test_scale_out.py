@@ -8,14 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from scripts.storage import open_storage, retried_trial_number
+from scripts.storage import fail_lost_trials, heartbeat, open_storage, retried_trial_number, study_trial_id
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = ["dataset.n_train=1000", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
@@ -57,6 +59,28 @@ def tune_cli(tmp_path: Path, storage: str, *extra: str, trials: int = TRIALS, ep
 
 def load(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="curves_synth-sgd", storage=open_storage(storage, 1, 6))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_a_trial_whose_heartbeat_stopped_is_failed_and_its_setting_enqueued_once(kind, tmp_path, request):
+    """Two trials asked by hand beat once; then one beats in `heartbeat` throughout and the other stays
+    quiet. Past the grace period `fail_lost_trials` fails the quiet one only and enqueues its setting
+    once (asking again does not enqueue it twice)."""
+    storage = open_storage(storage_url(kind, tmp_path, request), heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="beats")
+    with warnings.catch_warnings():  # Optuna warns that its heartbeats are meant for Study.optimize
+        warnings.simplefilter("ignore", UserWarning)
+        lost, alive = (study.ask({"x": FloatDistribution(0.0, 1.0)}) for _ in range(2))
+    for trial in (lost, alive):  # both have beaten: only the heartbeat thread keeps `alive` from going stale
+        storage.record_heartbeat(study_trial_id(storage, study, trial.number))
+    with heartbeat(storage, alive):
+        time.sleep(3.2)  # the lost trial's beat is 3 s old in SQLite's whole seconds too, past the 2 s grace
+        fail_lost_trials(storage, study)
+        fail_lost_trials(storage, study)
+        states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    retry = study.get_trials()[2]
+    assert retried_trial_number(retry) == lost.number and retry.params == lost.params
 
 
 @pytest.mark.slow

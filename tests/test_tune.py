@@ -259,7 +259,7 @@ def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path
     it and enqueues it again. The live worker must then stop at its next epoch (not crash, not tell),
     leaving the run's checkpoint to the retry, which resumes it to the uninterrupted numbers."""
     import scripts.tune as tune
-    from scripts.storage import fail_lost_trials
+    from scripts.storage import fail_lost_trials, study_trial_id
 
     search = tiny_search(tmp_path, trials=1, seeds=1, grace_period=1)
     search.study.enqueue_trial({"optimizer.lr": 0.05})
@@ -271,13 +271,13 @@ def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path
                 # the heartbeat thread is stopped below: the trial looks dead once its last beat is more
                 # than the 1 s grace period old. SQLite's clock has whole seconds, so 2.1 s are needed
                 time.sleep(2.1)
-                fail_lost_trials(search.study)
+                fail_lost_trials(search.storage, search.study)
             on_epoch(epoch, loss, replayed)
         return real_train(cfg, on_epoch=judged)
 
     @contextlib.contextmanager
-    def one_beat(trial):  # a heartbeat thread starved after its first beat
-        search.study._storage.record_heartbeat(trial._trial_id)
+    def one_beat(storage, trial):  # a heartbeat thread starved after its first beat
+        storage.record_heartbeat(study_trial_id(storage, trial.study, trial.number))
         yield
 
     monkeypatch.setattr(tune, "heartbeat", one_beat)
