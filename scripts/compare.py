@@ -30,13 +30,13 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import torch
 
 from benchmarks.compare import (QUICK_NOTE, WORKLOADS, committed_ms, data_problem, default_name, plan_line,
                                 quick_protocol, reach_text, resolve_optimizer, run_steps, verdict)
+from benchmarks.figure_files import figure_style
 from benchmarks.optimizers import config_path, label as label_of
 from benchmarks.reference import BENCH, ROOT, reference_protocol
 from benchmarks.results import HEALTHY, bench_device, bench_ms_per_step, family_of, load_runs, workload_of
@@ -169,7 +169,7 @@ def draw_figure(spec, runs: pd.DataFrame, metrics: pd.DataFrame, bench: dict, ou
     """The three-workload comparison figure with the new optimizer's curves drawn over the others."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = figures.with_bench_time(runs, metrics, bench).assign(bench_s=lambda m: m["wallclock_s"])
-    with plt.rc_context(figures.STYLE):
+    with figure_style():
         fig, _ = figures.overview_figure(runs, metrics, "bench_s")
         for ax in fig.axes:
             for line in ax.get_lines():
