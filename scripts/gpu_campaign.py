@@ -83,10 +83,11 @@ def check_data(overrides: list[str]) -> None:
     try:
         load_dataset(cfg.dataset.name, root=cfg.dataset.root, n_train=1, n_test=1)
     except DataError as err:  # the campaign takes no overrides: advise what works for it
-        problem = re.sub(r",? or set dataset\.download=true[^.]*\.", ".", str(err))
-        raise SystemExit(f"the GPU campaign's data set {cfg.dataset.name} cannot be loaded, nothing was run: {problem} "
-                         f"Fetch it with {fetch_command(cfg.dataset.name)}, or point LOCOPROP_DATA at the files "
-                         "(carry them to a GPU machine without internet)") from None
+        problem = re.sub(r",? or set dataset\.download=true to download it", "", str(err))
+        fetch = "" if "make data" in problem else f"; fix: {fetch_command(cfg.dataset.name)}"
+        raise SystemExit(f"the GPU campaign's data set {cfg.dataset.name} cannot be loaded, nothing was run: {problem}"
+                         f"{fetch} (a GPU machine without internet: carry the files and point LOCOPROP_DATA at them)"
+                         ) from None
 
 
 def concurrency(n_runs: int, bench_rows: list[dict], info: dict, n_train: int, n_test: int) -> tuple[int, str]:

@@ -166,7 +166,8 @@ class Plan:
                     for name in dict.fromkeys(r.cfg.dataset.name for r in self.runs)}
         lines = [f"{self.title}: {len(self.runs)} runs on {device}", choice.describe(device), *self.batch_note(choice.ms)]
         for name, problem in problems.items():
-            lines.append(f"data {name}: " + ("ok" if problem is None else f"MISSING ({problem}); fetch: {fetch_command(name)}"))
+            fetch = "" if problem is None or "make data" in str(problem) else f"; fetch: {fetch_command(name)}"
+            lines.append(f"data {name}: " + ("ok" if problem is None else f"MISSING ({problem}){fetch}"))
         lines.append(f"{'#':>3} {'run':<40} {'state':<16} {'est. training':>14}")
         todo = waiting = 0.0
         n_todo = n_waiting = unknown = 0
