@@ -27,8 +27,8 @@ import yaml
 from hydra.utils import get_object
 
 from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.optimizers import (FAMILY_ORDER, config_path, default_search_space, optimizer_info, optimizer_names,
-                                   search_space)
+from benchmarks.optimizers import (FAMILY_ORDER, config_path, default_search_space, optimizer_config, optimizer_info,
+                                   optimizer_names, search_space, search_space_path)
 from benchmarks.reference import ReferenceProtocol
 from benchmarks.rundir import atomic_write_text
 from benchmarks.schedule import Schedule
@@ -98,7 +98,7 @@ def default_lr(target: Any) -> float | None:
 
 
 def read_space(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A search space file (the format of configs/sweep/<name>.yaml), checked."""
+    """A search space file (the format of benchmarks/search_spaces/<name>.yaml), checked."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--space: no file {path}")
@@ -126,11 +126,11 @@ def resolve_optimizer(optimizer: str, out: str | Path, name: str | None = None, 
     given_space = read_space(space_file) if space_file else None
     if config_path(optimizer).is_file():
         info = optimizer_info(optimizer)
-        sweep = CONFIG_DIR / "sweep" / f"{optimizer}.yaml"
+        own_space = search_space_path(optimizer)
         space = given_space or search_space(optimizer)
-        note = space_note(space, given_space is None and not sweep.is_file(),
-                          str(space_file) if given_space else sweep.relative_to(REPO).as_posix())
-        target = (yaml.safe_load(config_path(optimizer).read_text()) or {}).get("_target_", "")
+        note = space_note(space, given_space is None and not own_space.is_file(),
+                          str(space_file) if given_space else own_space.relative_to(REPO).as_posix())
+        target = optimizer_config(optimizer).get("_target_", "")
         return OptimizerSpec(info["name"], label or info["label"], info["family"], target, space, note)
     if "." not in optimizer:
         raise ValueError(f"optimizer {optimizer!r}: neither a config of configs/optimizer/ "

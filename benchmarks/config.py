@@ -1,11 +1,14 @@
-"""Compose the runner's Hydra config in-process (tests, the demo, reproduce, the tuner, the speed bench).
+"""Compose the runner's Hydra config in-process (tests, the demo, reproduce, the tuner, the speed bench,
+the optimizer and workload registries).
 
 The same `configs/` tree and override syntax as the command line, without starting a Hydra app.
 Overrides that use a key renamed since an earlier version fail with a message naming the new key.
 """
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import os
 import re
 from pathlib import Path
@@ -61,6 +64,18 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
             if message is None:
                 raise
             raise ValueError(message) from err
+
+
+def compose_group(group: str, name: str) -> dict:
+    """One config of a group as the runner composes it (`<group>=<name>`: keys inherited through its
+    `defaults:` included), as a plain dict; composed once per version of its file."""
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    return copy.deepcopy(_composed_group(group, name, path.stat().st_mtime_ns if path.is_file() else None))
+
+
+@functools.lru_cache(maxsize=None)
+def _composed_group(group: str, name: str, version: int | None) -> dict:
+    return OmegaConf.to_container(compose_config([f"{group}={name}"])[group], resolve=True)
 
 
 def missing_config_message(err: Exception, overrides) -> str:

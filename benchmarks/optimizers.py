@@ -13,11 +13,13 @@
   linestyle, marker, ...; default derived from the family and the label), `extra` (the optional
   dependency group that provides `_target_`, named in the error when it is missing).
 
-Also optional: `configs/sweep/<name>.yaml` (the tuner's search space; default: the learning rate
-over [lr/30, 30 lr], log-uniform) and `configs/optimizer/inner_optimizer/<name>.yaml` (its use as
-LocoProp's inner optimizer). An optimizer with `eval()` and `train()` methods (Schedule-Free) is
-put in training mode when built, and `evaluation_weights` switches it to its evaluation weights
-for evaluations and checkpoints.
+Also optional: `benchmarks/search_spaces/<name>.yaml` (the tuner's search space, outside Hydra's
+config groups; default: the learning rate over [lr/30, 30 lr], log-uniform) and
+`configs/optimizer/inner_optimizer/<name>.yaml` (its use as LocoProp's inner optimizer). The
+registry reads a config as the runner composes it, keys inherited through `defaults:` included.
+An optimizer with `eval()` and `train()` methods (Schedule-Free) is put in training mode when
+built, and `evaluation_weights` switches it to its evaluation weights for evaluations and
+checkpoints.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from torch import Tensor, nn
 
-from benchmarks.config import CONFIG_DIR, unknown_name
+from benchmarks.config import CONFIG_DIR, compose_group, unknown_name
 
 HARNESS_KEYS = ("name", "label", "family", "paper", "style", "extra")  # read by the harness, not passed on
 FAMILY_ORDER = ("first_order", "second_order", "local_loss", "target_propagation", "modern", "other")
@@ -47,6 +49,7 @@ FAMILY_STYLES = {"first_order": dict(linestyle="--", marker="v"), "second_order"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 DEFAULT_SEARCH_DECADES = 1.5  # the default search space: lr over [lr / 10^1.5, lr * 10^1.5]
+SEARCH_SPACE_DIR = Path(__file__).resolve().parent / "search_spaces"  # the tuner's, not a Hydra config group
 
 
 class OptimizerConfigError(ValueError):
@@ -62,6 +65,19 @@ def optimizer_names(group: str = "optimizer") -> list[str]:
 
 def config_path(name: str) -> Path:
     return CONFIG_DIR / "optimizer" / f"{name}.yaml"
+
+
+def search_space_path(name: str) -> Path:
+    return SEARCH_SPACE_DIR / f"{name}.yaml"
+
+
+def optimizer_config(name: str) -> dict[str, Any]:
+    """An optimizer's config as the runner composes it (`optimizer=<name>`: keys inherited through its
+    `defaults:` included), as a plain dict."""
+    path = config_path(name)
+    if not path.is_file():
+        raise ValueError(unknown_name("optimizer", name, optimizer_names()))
+    return compose_group("optimizer", name)
 
 
 def family_of(name: str) -> str:
@@ -88,9 +104,7 @@ def optimizer_info(name: str) -> dict[str, Any]:
         return {**info, "name": name, "label": f"{info['label']}, {VARIANTS[variant]}",
                 "style": {**info["style"], "linestyle": ":", "marker": "x" if info["style"].get("marker") != "x" else "+"}}
     path = config_path(name)
-    if not path.is_file():
-        raise ValueError(unknown_name("optimizer", name, optimizer_names()))
-    info = yaml.safe_load(path.read_text()) or {}
+    info = optimizer_config(name)
     info = {key: info.get(key) for key in HARNESS_KEYS}
     info["name"] = info["name"] or name
     info["label"] = info["label"] or info["name"]
@@ -129,22 +143,19 @@ def label(name: str) -> str:
 
 
 def search_space(name: str) -> dict[str, dict[str, Any]]:
-    """The tuner's search space: `configs/sweep/<name>.yaml`, or by default the learning rate over
-    three decades around the config's value (log-uniform).
+    """The tuner's search space: `benchmarks/search_spaces/<name>.yaml`, or by default the learning
+    rate over three decades around the composed config's value (log-uniform).
 
     Each entry is a dotted config key and `{low, high[, log]}` (a float or, for integer bounds, an
     int) or `{choices: [...]}`."""
-    path = CONFIG_DIR / "sweep" / f"{name}.yaml"
+    path = search_space_path(name)
     if path.is_file():
         space = yaml.safe_load(path.read_text()) or {}
         where = str(path)
     else:
-        info_path = config_path(name)
-        if not info_path.is_file():
-            raise ValueError(unknown_name("optimizer", name, optimizer_names()))
-        lr = (yaml.safe_load(info_path.read_text()) or {}).get("lr")
+        lr = optimizer_config(name).get("lr")
         if not isinstance(lr, (int, float)) or lr <= 0:
-            raise ValueError(f"{info_path} has no positive lr to centre a default search space on: "
+            raise ValueError(f"{config_path(name)} has no positive lr to centre a default search space on: "
                              f"write {path} (dotted keys with {{low, high, log}} or {{choices}})")
         space = default_search_space(lr)
         where = f"the default search space of {name} (no {path})"
@@ -155,7 +166,7 @@ def search_space(name: str) -> dict[str, dict[str, Any]]:
 
 
 def default_search_space(lr: float) -> dict[str, dict[str, Any]]:
-    """The space of an optimizer without a sweep file: the learning rate log-uniform over three
+    """The space of an optimizer without a search space file: the learning rate log-uniform over three
     decades centred on its value, [lr / 10^1.5, lr * 10^1.5]."""
     factor = 10 ** DEFAULT_SEARCH_DECADES
     return {"optimizer.lr": {"low": float(lr) / factor, "high": float(lr) * factor, "log": True}}

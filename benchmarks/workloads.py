@@ -18,11 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 from hydra.utils import get_object
 
 from benchmarks import data, synth
-from benchmarks.config import CONFIG_DIR, unknown_name
+from benchmarks.config import CONFIG_DIR, compose_group, unknown_name
 
 # The LocoProp notebook's tuning exits (cross-entropy scale): a trial ends when its loss is above
 # max_loss, its best above max_best_loss, or its best still above patience_loss after patience_epoch.
@@ -112,8 +111,9 @@ def workload_from_config(cfg: dict[str, Any], where: str = "a dataset config") -
 
 
 def _read_workloads() -> dict[str, Workload]:
-    """Every dataset config's workload, in table order (the paper's data sets before their stand-ins)."""
-    workloads = [workload_from_config(yaml.safe_load(path.read_text()) or {}, str(path))
+    """Every dataset config's workload (as the runner composes it), in table order (the paper's data
+    sets before their stand-ins)."""
+    workloads = [workload_from_config(compose_group("dataset", path.stem), str(path))
                  for path in (CONFIG_DIR / "dataset").glob("*.yaml")]
     return {w.name: w for w in sorted(workloads, key=lambda w: (w.order, not w.paper, w.name))}
 

@@ -16,7 +16,7 @@ three-workload figure with the new optimizer drawn on top, the study (tuning/), 
 (tuned/), the runs (runs/), and index.md saying the machine, the protocol and where every number
 comes from. Nothing under results/ or docs/ is written.
 
-Without a search space (--space, or configs/sweep/<name>.yaml for a config name) the optimizer is
+Without a search space (--space, or benchmarks/search_spaces/<name>.yaml for a config name) it is
 searched over the default space: its learning rate log-uniform over [lr / 10^1.5, lr * 10^1.5]
 around its default value. `--protocol quick` runs 2 trials, one seed and short runs on a small
 training set: a first look in minutes, marked as not comparable with the reference.
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: all three)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: compare/<name>)")
     parser.add_argument("--protocol", choices=("reference", "quick"), default="reference")
-    parser.add_argument("--space", default=None, help="a search space file (configs/sweep format)")
+    parser.add_argument("--space", default=None, help="a search space file (benchmarks/search_spaces format)")
     parser.add_argument("--name", default=None, help="run name of a dotted path (default: its last part, lower case)")
     parser.add_argument("--label", default=None, help="legend label (default: the class or function name)")
     parser.add_argument("--family", default=None, help="family of a dotted path (default: other)")

@@ -568,7 +568,7 @@ def sampler_text(studies: list[dict]) -> str:
 
 
 def search_space_table() -> str:
-    """Every optimizer's search space, from configs/sweep/ (or the default around its lr)."""
+    """Every optimizer's search space, from benchmarks/search_spaces/ (or the default around its lr)."""
     head = ["optimizer", "family", "searched settings"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in figures.ordered(optimizer_names()):

@@ -9,7 +9,8 @@ The protocol (docs/tuning.md):
   loss (cross-entropy, or squared error for FACES), the quantity the LocoProp notebook tunes on;
 - Optuna's TPE sampler (a few random start-up trials; every trial's draws keyed by the protocol's
   seed, the study and the trial number: `scripts/sampler.py`) proposes distinct settings of
-  `configs/sweep/<optimizer>.yaml`; every optimizer of a data set gets the same number of trials;
+  `benchmarks/search_spaces/<optimizer>.yaml`; every optimizer of a data set gets the same number
+  of trials;
 - successive halving prunes trials on the running mean of each epoch's mini-batch losses (free),
   and the notebook's exits (a loss above 1000, a best above 600, a best still above 350 after
   epoch 12; CE scale; `benchmarks.workloads`) end hopeless trials; full evaluations run every
@@ -566,7 +567,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--optimizer", required=True, help="an optimizer with configs/sweep/<name>.yaml, or "
+    parser.add_argument("--optimizer", required=True, help="an optimizer's config name (searched over "
+                        "benchmarks/search_spaces/<name>.yaml, or its lr), or "
                         "'paper' for the nine the LocoProp paper compares")
     parser.add_argument("--storage", default=None, help="where the study lives: a SQLAlchemy URL (default: sqlite "
                         "under <results>/tuning/; postgresql://user@host/db for many machines) or journal:<file> "

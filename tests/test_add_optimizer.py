@@ -63,7 +63,7 @@ def test_an_optimizer_of_one_module_and_one_config_trains_tunes_and_is_reported(
     info = optimizer_info(NAME)
     assert (info["label"], info["family"], info["paper"]) == ("SignSGD", "other", False)
     assert set(info["style"]) >= {"color", "linestyle", "marker"}
-    space = search_space(NAME)  # no configs/sweep file: the lr over three decades around 3e-3
+    space = search_space(NAME)  # no benchmarks/search_spaces file: the lr over three decades around 3e-3
     assert space == {"optimizer.lr": {"low": pytest.approx(3e-3 / 10 ** 1.5), "high": pytest.approx(3e-3 * 10 ** 1.5),
                                       "log": True}}
 

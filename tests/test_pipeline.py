@@ -10,7 +10,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.optimizers import paper_optimizers, search_space
+from benchmarks.optimizers import SEARCH_SPACE_DIR, paper_optimizers, search_space
 from benchmarks.tuned import tuned_name
 from scripts import reproduce
 
@@ -20,10 +20,10 @@ TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.siz
 
 
 def test_every_search_space_belongs_to_an_optimizer_and_every_optimizer_has_one():
-    """A sweep file is optional: an optimizer without one is searched over its learning rate."""
+    """A search space file is optional: an optimizer without one is searched over its learning rate."""
     optimizers = {p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml")}
-    sweeps = {p.stem for p in (CONFIG_DIR / "sweep").glob("*.yaml")}
-    assert sweeps <= optimizers
+    spaces = {p.stem for p in SEARCH_SPACE_DIR.glob("*.yaml")}
+    assert spaces and spaces <= optimizers
     for name in optimizers:
         assert search_space(name), name
 
