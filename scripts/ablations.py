@@ -18,6 +18,8 @@ import itertools
 from pathlib import Path
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from benchmarks import cli
@@ -33,13 +35,28 @@ def ablation_names() -> list[str]:
 
 
 def grid(name: str) -> list[list[str]]:
-    """The overrides of every run of an ablation: the cartesian product of its sweeper params."""
+    """The overrides of every run of an ablation: the cartesian product of its sweeper params, each
+    read by Hydra's override grammar as `-m` reads it (lists, range(), choice(), quoted values)."""
     path = ABLATION_DIR / f"{name}.yaml"
     if not path.is_file():
         raise SystemExit(f"no ablation {name!r}; choose from {', '.join(ablation_names())}")
     params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
-    axes = [[f"{key}={value.strip()}" for value in str(values).split(",")] for key, values in params.items()]
-    return [list(point) for point in itertools.product(*axes)]
+    return [list(point) for point in itertools.product(*(sweep_axis(path, key, value) for key, value in params.items()))]
+
+
+def sweep_axis(path: Path, key: str, value) -> list[str]:
+    """One sweeper param as the overrides of its points (Hydra's basic sweeper expands it the same
+    way); a param that is no discrete sweep is one point."""
+    text = f"{key}={value}"
+    try:
+        override = OverridesParser.create().parse_overrides([text])[0]
+        if not override.is_sweep_override():
+            return [f"{override.get_key_element()}={override.get_value_element_as_str()}"]
+        if not override.is_discrete_sweep():
+            raise HydraException("only lists, range() and choice() give a grid of runs")
+        return [f"{override.get_key_element()}={point}" for point in override.sweep_string_iterator()]
+    except HydraException as err:
+        raise SystemExit(f"{path}: sweeper param {text!r}: {str(err).splitlines()[0]}") from None
 
 
 def ablation_plan(name: str, overrides: list[str] = (), results: str = "results") -> Plan:

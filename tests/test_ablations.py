@@ -5,6 +5,7 @@ import math
 import pytest
 import yaml
 
+from benchmarks.config import compose_config
 from benchmarks.results import load_runs
 from scripts import ablations, figures
 
@@ -44,6 +45,33 @@ def test_an_override_after_the_ablation_wins_and_an_unknown_ablation_is_named():
     assert cfg.dataset.name == "mnist" and cfg.epochs == 3
     with pytest.raises(SystemExit, match="no ablation 'nope'"):
         ablations.grid("nope")
+
+
+GRAMMAR_ABLATION = """\
+hydra:
+  sweeper:
+    params:
+      optimizer.inner_steps: range(1,4)
+      +note: "'a,b',c"
+      optimizer.gamma: 10
+"""
+
+
+def test_a_grid_reads_ranges_and_quoted_values_as_hydra_multirun_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablations, "ABLATION_DIR", tmp_path)
+    (tmp_path / "grammar.yaml").write_text(GRAMMAR_ABLATION)
+    points = ablations.grid("grammar")
+    assert points == [[f"optimizer.inner_steps={steps}", f"+note={note}", "optimizer.gamma=10"]
+                      for steps in (1, 2, 3) for note in ("'a,b'", "c")]
+    notes = [compose_config(["optimizer=locoprop_m", *point]).note for point in points[:2]]
+    assert notes == ["a,b", "c"]  # the quoted comma is one value, not two
+
+
+def test_a_sweeper_param_that_gives_no_grid_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablations, "ABLATION_DIR", tmp_path)
+    (tmp_path / "bad.yaml").write_text("hydra: {sweeper: {params: {optimizer.gamma: 'interval(1,100)'}}}\n")
+    with pytest.raises(SystemExit, match=r"bad.yaml: sweeper param 'optimizer.gamma=interval\(1,100\)': only lists"):
+        ablations.grid("bad")
 
 
 @pytest.mark.slow
