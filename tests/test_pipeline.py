@@ -28,6 +28,17 @@ def test_every_search_space_belongs_to_an_optimizer_and_every_optimizer_has_one(
         assert search_space(name), name
 
 
+def test_train_help_lists_only_the_config_groups_a_run_composes():
+    """Search spaces are the tuner's files, not a config group (`+sweep=adam` would compose nonsense)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    section = out.split("== Configuration groups ==", 1)[1].split("==", 1)[0]
+    listed = {line.split(":", 1)[0] for line in section.splitlines()[2:] if ":" in line}
+    folders = {p.parent.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml")} - {"."}
+    assert listed == {f for f in folders if not f.startswith("hydra")}
+    assert "sweep" not in listed and "search_spaces" not in listed
+
+
 LAUNCHER_PLUGINS = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher"}
 
 
