@@ -3,7 +3,7 @@
 - `transfer`, `chain`, `losses`: the shared primitives (transfer-function records, the layer
   chain of an `nn.Sequential`, the benchmark's output losses) that K-FAC, FOOF and DTP use too;
 - `rmsprop_tf1`, `adagrad_tf1`, `adam_tf1`: the official code's optimizers, in TensorFlow 1
-  semantics (LocoProp's default inner optimizer is `RMSpropTF1`);
+  semantics (LocoProp's default inner optimizer is `RMSpropTF1`), on the step of `tf1_step`;
 - `optimizer`: the `LocoProp` optimizer.
 """
 from .adagrad_tf1 import AdagradTF1

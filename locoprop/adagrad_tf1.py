@@ -9,10 +9,11 @@ The LocoProp notebook passes its `epsilon` flag (1e-5) as the initial accumulato
 from __future__ import annotations
 
 import torch
-from torch.optim import Optimizer
+
+from .tf1_step import TF1Optimizer
 
 
-class AdagradTF1(Optimizer):
+class AdagradTF1(TF1Optimizer):
     def __init__(self, params, lr: float = 1e-2, initial_accumulator_value: float = 0.1, foreach: bool = True):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
@@ -20,29 +21,16 @@ class AdagradTF1(Optimizer):
             raise ValueError(f"initial_accumulator_value must be > 0 (TF1 has no epsilon): {initial_accumulator_value}")
         super().__init__(params, dict(lr=lr, initial_accumulator_value=initial_accumulator_value, foreach=foreach))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            accums = []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["accum"] = torch.full_like(p, group["initial_accumulator_value"])
-                accums.append(state["accum"])
-            if group["foreach"]:
-                torch._foreach_addcmul_(accums, grads, grads)
-                denom = torch._foreach_sqrt(accums)
-                torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
-            else:
-                for p, g, a in zip(params, grads, accums):
-                    a.addcmul_(g, g)
-                    p.addcdiv_(g, a.sqrt(), value=-group["lr"])
-        return loss
+    def _init_state(self, p, group):
+        return {"accum": torch.full_like(p, group["initial_accumulator_value"])}
+
+    def _update(self, group, params, grads, states):
+        accums = [s["accum"] for s in states]
+        if group["foreach"]:
+            torch._foreach_addcmul_(accums, grads, grads)
+            denom = torch._foreach_sqrt(accums)
+            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
+        else:
+            for p, g, a in zip(params, grads, accums):
+                a.addcmul_(g, g)
+                p.addcdiv_(g, a.sqrt(), value=-group["lr"])

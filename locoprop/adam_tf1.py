@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.optim import Optimizer
+
+from .tf1_step import TF1Optimizer
 
 
-class AdamTF1(Optimizer):
+class AdamTF1(TF1Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  foreach: bool = True):
         if not lr >= 0.0:
@@ -29,39 +30,24 @@ class AdamTF1(Optimizer):
             raise ValueError(f"invalid eps: {eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, foreach=foreach, step=0))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            ms, vs = [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["m"] = torch.zeros_like(p)
-                    state["v"] = torch.zeros_like(p)
-                ms.append(state["m"])
-                vs.append(state["v"])
-            group["step"] += 1
-            t = group["step"]
-            beta1, beta2 = group["betas"]
-            lr_t = group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-            if group["foreach"]:
-                torch._foreach_lerp_(ms, grads, 1.0 - beta1)
-                torch._foreach_mul_(vs, beta2)
-                torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
-                denom = torch._foreach_sqrt(vs)
-                torch._foreach_add_(denom, group["eps"])
-                torch._foreach_addcdiv_(params, ms, denom, value=-lr_t)
-            else:
-                for p, g, m, v in zip(params, grads, ms, vs):
-                    m.lerp_(g, 1.0 - beta1)
-                    v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-                    p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-lr_t)
-        return loss
+    def _init_state(self, p, group):
+        return {"m": torch.zeros_like(p), "v": torch.zeros_like(p)}
+
+    def _update(self, group, params, grads, states):
+        ms, vs = [s["m"] for s in states], [s["v"] for s in states]
+        group["step"] += 1
+        t = group["step"]
+        beta1, beta2 = group["betas"]
+        lr_t = group["lr"] * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+        if group["foreach"]:
+            torch._foreach_lerp_(ms, grads, 1.0 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1.0 - beta2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, group["eps"])
+            torch._foreach_addcdiv_(params, ms, denom, value=-lr_t)
+        else:
+            for p, g, m, v in zip(params, grads, ms, vs):
+                m.lerp_(g, 1.0 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-lr_t)

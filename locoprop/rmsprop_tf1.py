@@ -13,7 +13,8 @@ With momentum 0 the buffer is skipped and `w <- w - lr * g / sqrt(ms + eps)`.
 from __future__ import annotations
 
 import torch
-from torch.optim import Optimizer
+
+from .tf1_step import TF1Optimizer
 
 
 # Elements per chunk of the CPU path: a chunk's four arrays and its scratch stay in the L2 cache
@@ -21,7 +22,7 @@ from torch.optim import Optimizer
 CPU_CHUNK = 65536
 
 
-class RMSpropTF1(Optimizer):
+class RMSpropTF1(TF1Optimizer):
     """`foreach=None` (default) picks the multi-tensor kernels on GPU and, on CPU, a loop over
     each parameter in cache-sized chunks (the same arithmetic, measured faster there);
     `foreach=True/False` forces one of them."""
@@ -43,53 +44,38 @@ class RMSpropTF1(Optimizer):
         self._scratch: torch.Tensor | None = None  # the CPU path's denominator buffer (not state)
 
     def _init_state(self, p, group):
-        state = self.state[p]
-        if not state:
-            state["ms"] = torch.full_like(p, group["initial_ms"], memory_format=torch.preserve_format)
-            state["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state
+        return {"ms": torch.full_like(p, group["initial_ms"], memory_format=torch.preserve_format),
+                "mom": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            states = [self._init_state(p, group) for p in params]
-            ms = [s["ms"] for s in states]
-            mom = [s["mom"] for s in states]
-            lr, decay, momentum, eps = group["lr"], group["decay"], group["momentum"], group["eps"]
-            foreach = group["foreach"] if group["foreach"] is not None else params[0].device.type != "cpu"
-            if foreach:
-                # ms <- ms + (1 - decay) * (g^2 - ms), as TF's kernel writes it
-                torch._foreach_mul_(ms, decay)
-                torch._foreach_addcmul_(ms, grads, grads, value=1.0 - decay)
-                denom = torch._foreach_add(ms, eps)
-                torch._foreach_sqrt_(denom)
+    def _update(self, group, params, grads, states):
+        ms = [s["ms"] for s in states]
+        mom = [s["mom"] for s in states]
+        lr, decay, momentum, eps = group["lr"], group["decay"], group["momentum"], group["eps"]
+        foreach = group["foreach"] if group["foreach"] is not None else params[0].device.type != "cpu"
+        if foreach:
+            # ms <- ms + (1 - decay) * (g^2 - ms), as TF's kernel writes it
+            torch._foreach_mul_(ms, decay)
+            torch._foreach_addcmul_(ms, grads, grads, value=1.0 - decay)
+            denom = torch._foreach_add(ms, eps)
+            torch._foreach_sqrt_(denom)
+            if momentum > 0.0:
+                torch._foreach_mul_(mom, momentum)
+                torch._foreach_addcdiv_(mom, grads, denom, value=lr)
+                torch._foreach_sub_(params, mom)
+            else:
+                torch._foreach_addcdiv_(params, grads, denom, value=-lr)
+            return
+        for p, g, m, b in zip(params, grads, ms, mom):
+            p, g, m, b = p.view(-1), g.view(-1), m.view(-1), b.view(-1)
+            for start in range(0, p.numel(), CPU_CHUNK):
+                end = min(start + CPU_CHUNK, p.numel())
+                pc, gc, mc, bc = p[start:end], g[start:end], m[start:end], b[start:end]
+                denom = torch.add(mc.mul_(decay).addcmul_(gc, gc, value=1.0 - decay), eps,
+                                  out=self._denominator(end - start, p)).sqrt_()
                 if momentum > 0.0:
-                    torch._foreach_mul_(mom, momentum)
-                    torch._foreach_addcdiv_(mom, grads, denom, value=lr)
-                    torch._foreach_sub_(params, mom)
+                    pc.sub_(bc.mul_(momentum).addcdiv_(gc, denom, value=lr))
                 else:
-                    torch._foreach_addcdiv_(params, grads, denom, value=-lr)
-                continue
-            for p, g, m, b in zip(params, grads, ms, mom):
-                p, g, m, b = p.view(-1), g.view(-1), m.view(-1), b.view(-1)
-                for start in range(0, p.numel(), CPU_CHUNK):
-                    end = min(start + CPU_CHUNK, p.numel())
-                    pc, gc, mc, bc = p[start:end], g[start:end], m[start:end], b[start:end]
-                    denom = torch.add(mc.mul_(decay).addcmul_(gc, gc, value=1.0 - decay), eps,
-                                      out=self._denominator(end - start, p)).sqrt_()
-                    if momentum > 0.0:
-                        pc.sub_(bc.mul_(momentum).addcdiv_(gc, denom, value=lr))
-                    else:
-                        pc.addcdiv_(gc, denom, value=-lr)
-        return loss
+                    pc.addcdiv_(gc, denom, value=-lr)
 
     def _denominator(self, n: int, like: torch.Tensor) -> torch.Tensor:
         scratch = getattr(self, "_scratch", None)  # absent after unpickling: torch pickles state only

@@ -8,9 +8,9 @@ import yaml
 from benchmarks.config import compose_config
 from benchmarks.results import load_runs
 from scripts import ablations, figures
+from tests.tiny import TINY_RUN
 
-TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-        "epochs=2", "stop_epoch=2", "schedule=constant", "throwaway_steps=0", "logger=disabled"]
+TINY = [*TINY_RUN, "epochs=2", "stop_epoch=2", "schedule=constant", "logger=disabled"]
 
 
 def _sweep_params(name: str) -> dict:

@@ -13,10 +13,10 @@ from benchmarks.optimizers import optimizer_info, search_space
 from benchmarks.train import train
 from scripts import figures, summary
 from scripts.tune import Protocol, Search
+from tests.tiny import TINY_RUN
 
 NAME = "signsgd_user_test"  # a name no shipped optimizer uses
-TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-        "epochs=8", "throwaway_steps=0"]
+TINY = [*TINY_RUN, "epochs=8"]
 
 MODULE = '''
 import torch

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,11 @@ from benchmarks.results import read_summary
 from benchmarks.rundir import run_dir_for
 from benchmarks.train import train
 from scripts import reproduce, tune
+from tests.halting import start_halting, wait_until_halted
+from tests.tiny import TINY_RUN
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-        "throwaway_steps=0", "logger=disabled", "progress=false"]
+TINY = [*TINY_RUN, "logger=disabled", "progress=false"]
 
 
 def _git_status() -> str:
@@ -114,14 +114,10 @@ def test_a_signal_stops_reproduce_after_recording_the_run_and_a_rerun_resumes(tm
     argv = ["--dataset", "curves_synth", "--optimizer", "sgd", "--seeds", "2", "--results", str(tmp_path), *overrides]
     first, second = reproduce.make_plan(["curves_synth"], ["sgd"], 2, overrides, str(tmp_path), "reproduce").runs
     command = [sys.executable, "-m", "scripts.reproduce", *argv]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = first.run_dir / "metrics.csv", time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # epoch 1 recorded and checkpointed
-        if (first.run_dir / "checkpoint.pt").exists() and metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        pytest.skip("the first run ended before it could be stopped (machine too fast for this run length)")
+    proc = start_halting("scripts.reproduce", argv, tmp_path / "halted", epoch=1, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_until_halted(proc, tmp_path / "halted") == first.run_dir  # epoch 1 recorded and checkpointed
+    metrics = first.run_dir / "metrics.csv"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     name = signal.Signals(signum).name

@@ -187,35 +187,7 @@ def test_inverse_training_lowers_the_reconstruction_error_of_fixed_layers():
         assert torch.equal(v, frozen[k])  # lr = 0: the forward weights never moved
 
 
-# ----------------------------------------------------------------------------- checkpoints, training
-def test_state_dict_continuation_equals_uninterrupted_training():
-    kwargs = dict(lr=1e-2, inverse_lr=1e-2, top_lr=0.1, noise_std=0.2, forward_steps=2, inverse_steps=2)
-    xs = [batch(seed=30 + k) for k in range(6)]
-    model_a = tiny()
-    opt_a = DTP(model_a, **kwargs)
-    torch.manual_seed(5)
-    for x in xs[:3]:
-        opt_a.step(x, x)
-    rng = torch.get_rng_state()
-    saved_model = copy.deepcopy(model_a.state_dict())
-    saved_opt = copy.deepcopy(opt_a.state_dict())
-    losses_a = [opt_a.step(x, x) for x in xs[3:]]
-
-    model_b = tiny(seed=99)
-    model_b.load_state_dict(saved_model)
-    opt_b = DTP(model_b, **kwargs)  # fresh inverses and inner optimizers, all overwritten below
-    opt_b.load_state_dict(saved_opt)
-    assert all(len(st["state"]) == 2 for st in saved_opt["extra"]["inverse_optimizers"])
-    torch.set_rng_state(rng)
-    losses_b = [opt_b.step(x, x) for x in xs[3:]]
-    assert opt_a.steps == opt_b.steps == 6
-    torch.testing.assert_close(torch.stack(losses_b), torch.stack(losses_a), rtol=0, atol=0)
-    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
-    for pa, pb in zip(opt_a.inverses.parameters(), opt_b.inverses.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
-
-
+# ----------------------------------------------------------------------------- copies, training
 def test_deepcopy_gives_an_independent_identical_optimizer():
     model = tiny()
     opt = DTP(model, lr=1e-2)

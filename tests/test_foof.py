@@ -138,29 +138,7 @@ def test_step_one_equals_locoprop_s_local_problem_with_proximal_term(loss_kind):
         torch.testing.assert_close(wbar(lin), want, rtol=1e-10, atol=1e-12)
 
 
-# ----------------------------------------------------------------------------- checkpoints, training
-def test_state_dict_continuation_equals_uninterrupted_training():
-    kwargs = dict(lr=0.2, damping=0.1, inverse_update_period=3, momentum=0.5, weight_decay=1e-3)
-    xs = [batch(seed=30 + k) for k in range(8)]
-    model_a = tiny()
-    opt_a = FOOF(model_a, **kwargs)
-    for x in xs[:4]:
-        opt_a.step(x, x)
-    saved_model = copy.deepcopy(model_a.state_dict())
-    saved_opt = copy.deepcopy(opt_a.state_dict())
-    losses_a = [opt_a.step(x, x) for x in xs[4:]]
-
-    model_b = tiny(seed=99)
-    model_b.load_state_dict(saved_model)
-    opt_b = FOOF(model_b, **kwargs)
-    opt_b.load_state_dict(saved_opt)
-    losses_b = [opt_b.step(x, x) for x in xs[4:]]
-    assert opt_a.steps == opt_b.steps == 8
-    torch.testing.assert_close(torch.stack(losses_b), torch.stack(losses_a), rtol=0, atol=0)
-    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
-        torch.testing.assert_close(pb, pa, rtol=0, atol=0)
-
-
+# ----------------------------------------------------------------------------- copies, training
 def test_deepcopy_gives_an_independent_identical_optimizer():
     model = tiny()
     opt = FOOF(model, momentum=0.5)

@@ -16,11 +16,10 @@ from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import evaluation_weights, make_optimizer, make_step
 from benchmarks.rundir import run_dir_for
 from benchmarks.train import train
-from tests.tiny import one_thread  # noqa: F401 (a fixture)
+from tests.tiny import one_thread, tiny_run  # noqa: F401 (one_thread: a fixture)
 
 SIZES = [12, 8, 4, 8, 12]
-TINY_RUN = ["dataset=curves_synth", "dataset.n_train=200", "dataset.n_test=50", "batch_size=50",
-            "model.sizes=[784,16,4,16,784]", "logger=disabled", "progress=false", "throwaway_steps=0"]
+TINY_RUN = ["dataset=curves_synth", *tiny_run(batch_size=50), "logger=disabled", "progress=false"]
 COLUMNS = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
 
 

@@ -13,10 +13,10 @@ from benchmarks.config import CONFIG_DIR, compose_config
 from benchmarks.optimizers import SEARCH_SPACE_DIR, paper_optimizers, search_space
 from benchmarks.tuned import tuned_name
 from scripts import reproduce
+from tests.tiny import TINY_RUN
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-        "epochs=2", "stop_epoch=2", "schedule=constant", "throwaway_steps=0"]
+TINY = [*TINY_RUN, "epochs=2", "stop_epoch=2", "schedule=constant"]
 
 
 def test_every_search_space_belongs_to_an_optimizer_and_every_optimizer_has_one():

@@ -12,11 +12,11 @@ from benchmarks.optimizers import paper_optimizers
 from scripts import plan as plan_module, reproduce
 from benchmarks.benchtable import choose_table
 from scripts.plan import Plan, PlannedRun, Processes
+from tests.tiny import TINY_RUN
 
 ENTRY_POINTS = ("reproduce", "campaign", "gpu_campaign", "ablations", "demo", "tune", "report", "figures", "summary",
                 "scaling", "download_data")
-TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]", "epochs=2",
-        "logger=disabled", "progress=false", "throwaway_steps=0"]
+TINY = [*TINY_RUN, "epochs=2", "logger=disabled", "progress=false"]
 
 
 @pytest.mark.parametrize("module", ENTRY_POINTS)

@@ -20,6 +20,7 @@ from benchmarks.rundir import read_summary, run_dir_for
 from benchmarks.train import StopRun, threshold_exit, train
 from benchmarks.workloads import NOTEBOOK_EXITS
 from scripts import reproduce
+from tests.tiny import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["dataset=curves_synth", "dataset.n_train=300", "dataset.n_test=100", "batch_size=100",
@@ -155,8 +156,7 @@ def test_reproduce_stops_before_training_when_data_is_missing_and_runs_what_it_c
     """The pre-flight names each missing data set once, with its fix, and trains nothing; without
     the missing data set the same command trains and draws from what finished."""
     args = [f"results={tmp_path}", "seeds=1", "dataset=curves_synth,faces", "optimizer=sgd", "logger=disabled",
-            "progress=false", f"dataset.root={tmp_path / 'nowhere'}", "dataset.n_train=200", "dataset.n_test=50",
-            "batch_size=100", "model.sizes=[784,16,4,16,784]", "epochs=2", "throwaway_steps=0"]
+            "progress=false", f"dataset.root={tmp_path / 'nowhere'}", *tiny_run(), "epochs=2"]
     assert reproduce.main(args + ["dry_run=true"]) == 1  # says which data set is missing
     assert "data faces: MISSING" in capsys.readouterr().out
     assert reproduce.main(args) == 2

@@ -1,6 +1,10 @@
 """The runner end to end on tiny generated data: run tables, divergence, resume, config composition."""
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +19,9 @@ from benchmarks.models import build_autoencoder
 from benchmarks.tracking import METRIC_COLUMNS
 from benchmarks.rundir import RunLock, cpu_model, run_dir_for, run_id_for
 from benchmarks.train import train
+from tests.halting import start_halting, wait_until_halted
 
+REPO = Path(__file__).resolve().parents[1]
 DATASETS = ["mnist", "faces", "curves", "curves_synth", "faces_synth"]
 OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 FIRST_ORDER = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "rmsprop_tf1", "adagrad_tf1", "adam_tf1"]
@@ -172,37 +178,23 @@ def test_locoprop_inner_optimizer_is_selectable_from_the_cli(inner):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
-    """SIGKILL a training process after a few epochs; re-running the same command resumes from
-    the last checkpoint (taking over the dead process's lock) and ends with the same numbers."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    repo = Path(__file__).resolve().parents[1]
+    """SIGKILL a training process after epoch 3's checkpoint; re-running the same command resumes
+    from that checkpoint (taking over the dead process's lock) and ends with the same numbers."""
     args = [*TINY, "optimizer=adam", "optimizer.lr=1e-3", "epochs=12", "schedule=constant"]
 
     def command(results):
         return [sys.executable, "-m", "benchmarks.train", *args, f"results_dir={results}"]
 
-    proc = subprocess.Popen(command(tmp_path / "killed"), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = None
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "killed").rglob("metrics.csv"))
-        if found and len(found[0].read_text().splitlines()) >= 5 and list((tmp_path / "killed").rglob("checkpoint.pt")):
-            metrics = found[0]
-            break
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.skip("the run finished before it could be killed (machine too fast for this timing)")
+    proc = start_halting("benchmarks.train", [*args, f"results_dir={tmp_path / 'killed'}"], tmp_path / "halted",
+                         epoch=3, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = wait_until_halted(proc, tmp_path / "halted") / "metrics.csv"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert metrics is not None and not (metrics.parent / "summary.json").exists()
+    assert len(metrics.read_text().splitlines()) == 5 and not (metrics.parent / "summary.json").exists()
+    assert (metrics.parent / "checkpoint.pt").exists()
     assert (metrics.parent / "run.lock").exists()  # left behind by the killed process
-    subprocess.run(command(tmp_path / "killed"), cwd=repo, check=True, capture_output=True, timeout=300)
-    subprocess.run(command(tmp_path / "clean"), cwd=repo, check=True, capture_output=True, timeout=300)
+    subprocess.run(command(tmp_path / "killed"), cwd=REPO, check=True, capture_output=True, timeout=300)
+    subprocess.run(command(tmp_path / "clean"), cwd=REPO, check=True, capture_output=True, timeout=300)
     killed = pd.read_csv(metrics)
     clean = pd.read_csv(next((tmp_path / "clean").rglob("metrics.csv")))
     cols = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]

@@ -18,10 +18,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from scripts.storage import fail_lost_trials, heartbeat, open_storage, retried_trial_number, study_trial_id
+from tests.tiny import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_RUN = ["dataset.n_train=1000", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-            "throwaway_steps=0"]
+TINY_RUN = tiny_run(n_train=1000)
 TRIALS = 5
 
 
@@ -157,8 +157,7 @@ def test_a_hydra_sweep_runs_through_the_submitit_launcher(tmp_path):
                         "(pip install -e '.[slurm]')")
     out = subprocess.run([sys.executable, "-m", "benchmarks.train", "-m", "hydra/launcher=submitit_local",
                           "optimizer=sgd", "optimizer.lr=1e-3,1e-2", "dataset=curves_synth", "epochs=2",
-                          "stop_epoch=2", "schedule=constant", "dataset.n_train=200", "dataset.n_test=50",
-                          "batch_size=100", "model.sizes=[784,16,4,16,784]", "throwaway_steps=0",
+                          "stop_epoch=2", "schedule=constant", *tiny_run(),
                           "logger=disabled", "progress=false", f"results_dir={tmp_path}", "group=sweep"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -14,7 +14,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import sqlalchemy.exc
 import yaml
 from optuna.trial import TrialState
 
@@ -24,10 +23,11 @@ from benchmarks.train import train
 from benchmarks.workloads import WORKLOADS
 from scripts.storage import GRACE_PERIOD_S, retried_trial_number
 from scripts.tune import Protocol, Search, overrides_for
+from tests.halting import start_halting, wait_until_halted
+from tests.tiny import TINY_RUN, tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset.n_train=200", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-        "epochs=8", "throwaway_steps=0"]
+TINY = [*TINY_RUN, "epochs=8"]
 COLUMNS = ["epoch", "lr", "train_loss", "train_ce", "test_ce", "train_se", "test_se"]
 
 
@@ -119,8 +119,7 @@ def _tune_cli(tmp_path, *extra, trials=3, epochs=30):
             "--trials", str(trials), "--seeds", "1", "--eval-every", "5", "--min-resource", "100",
             "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"),
             "--heartbeat-interval", "1", "--grace-period", "3", *extra, "--",
-            "dataset.n_train=1000", "dataset.n_test=50", "batch_size=100", "model.sizes=[784,16,4,16,784]",
-            f"epochs={epochs}", "throwaway_steps=0"]
+            *tiny_run(n_train=1000), f"epochs={epochs}"]
 
 
 def _study(tmp_path) -> optuna.Study:
@@ -128,25 +127,15 @@ def _study(tmp_path) -> optuna.Study:
 
 
 def test_killed_search_keeps_finished_trials_and_resumes_the_lost_one(tmp_path):
-    proc = subprocess.Popen(_tune_cli(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp_path / "res/tuning/curves_synth/sgd.db"
-    deadline, killed_run = time.time() + 300, None
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            try:
-                trials = _study(tmp_path).get_trials()
-            except (KeyError, sqlalchemy.exc.OperationalError):  # the file exists, the study not yet
-                continue
-            running = [t for t in trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
-            done = [t for t in trials if t.state == TrialState.COMPLETE]
-            if done and running:
-                run = tmp_path / "res" / running[0].user_attrs["run_dir"]
-                if (run / "checkpoint.pt").exists() and len((run / "metrics.csv").read_text().splitlines()) >= 4:
-                    killed_run = running[0]
-                    break
-        time.sleep(0.05)
-    if proc.poll() is not None:
-        pytest.skip("the search finished before it could be killed (machine too fast for this timing)")
+    """SIGKILL the search after epoch 3's checkpoint of its second trial (its first one complete)."""
+    command = _tune_cli(tmp_path)
+    proc = start_halting(command[2], command[3:], tmp_path / "halted", epoch=3, nth_run=2, cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    halted_run = wait_until_halted(proc, tmp_path / "halted")
+    trials = _study(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    killed_run = trials[1]
+    assert tmp_path / "res" / killed_run.user_attrs["run_dir"] == halted_run
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished_before = {t.number: t.value for t in _study(tmp_path).get_trials(states=(TrialState.COMPLETE,))}
@@ -162,8 +151,7 @@ def test_killed_search_keeps_finished_trials_and_resumes_the_lost_one(tmp_path):
     resumed = pd.read_csv(tmp_path / "res" / killed_run.user_attrs["run_dir"] / "metrics.csv")
     cfg = compose_config(["dataset=curves_synth", "optimizer=sgd", *overrides_for(killed_run.params),
                           f"results_dir={tmp_path / 'clean'}", "logger=disabled", "progress=false", "eval_every=5",
-                          "dataset.n_train=1000", "dataset.n_test=50", "batch_size=100",
-                          "model.sizes=[784,16,4,16,784]", "epochs=30", "throwaway_steps=0"])
+                          *tiny_run(n_train=1000), "epochs=30"])
     train(cfg)
     clean = pd.read_csv(run_dir_for(cfg) / "metrics.csv")
     pd.testing.assert_frame_equal(resumed[COLUMNS], clean[COLUMNS])

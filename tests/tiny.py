@@ -1,4 +1,5 @@
-"""Tiny float64 autoencoders and batches shared by the optimizer tests (dense references stay cheap)."""
+"""Tiny float64 autoencoders and batches shared by the optimizer tests (dense references stay cheap),
+and the overrides of a training run that takes seconds, shared by the end-to-end tests."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,15 @@ from torch import nn
 from benchmarks.models import build_autoencoder
 
 SIZES = [6, 5, 3, 5, 6]  # tanh hidden layers, a linear code layer
+
+
+def tiny_run(n_train: int = 200, batch_size: int = 100) -> list[str]:
+    """Overrides of a run that trains in seconds: a slice of the data, a narrow autoencoder, no warm-up steps."""
+    return [f"dataset.n_train={n_train}", "dataset.n_test=50", f"batch_size={batch_size}",
+            "model.sizes=[784,16,4,16,784]", "throwaway_steps=0"]
+
+
+TINY_RUN = tiny_run()
 
 
 def tiny(loss_kind: str = "bernoulli", seed: int = 0, sizes: list[int] = SIZES) -> nn.Sequential:
