@@ -107,7 +107,8 @@ def sensitivity_points(folder: Path, final_runs: pd.DataFrame, winners: dict[str
                        "nominal": 1.0, "state": _state(base["status"], final, math.nan) or "finished",
                        "final": final, "run_path": base["run_path"]})
     out = pd.DataFrame(points, columns=POINT_COLUMNS[:6] + ["state", "final", "run_path"])
-    at_one = out[out["nominal"] == 1.0].set_index(["optimizer", "knob"])["final"]
+    healthy = out[(out["nominal"] == 1.0) & (out["state"] != "diverged")]  # no ratio to a diverged winner
+    at_one = healthy.set_index(["optimizer", "knob"])["final"]
     out["ratio"] = [row["final"] / at_one.get((row["optimizer"], row["knob"]), math.nan)
                     for _, row in out.iterrows()]
     return out[POINT_COLUMNS].sort_values(["optimizer", "knob", "multiplier"]).reset_index(drop=True)
@@ -138,7 +139,8 @@ def _cell(point: pd.Series | None, knob: str) -> str:
         return NOT_RUN
     if point["state"] == "diverged":
         return "diverged"
-    text = f"{point['ratio']:.2f}"
+    ratio = point["ratio"]
+    text = f"{ratio:.2f}" if math.isfinite(ratio) else f"{point['final']:.2f} (loss; the winner diverged)"
     if knob == "optimizer.inner_steps":
         text += f" ({int(point['value'])} steps)"
     return text + (" (stalled)" if point["state"] == "stalled" else "")
