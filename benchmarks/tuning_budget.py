@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.results import WORKLOAD_ORDER, optimizer_label, workload_of
+from benchmarks.tables import DASH
 
 WITHIN = 0.05  # "within 5%": a value at most this fraction above the reference
 NEVER = "never within budget"
@@ -114,9 +115,13 @@ def budget_rows(studies: Iterable[dict[str, Any]], best_final: dict[str, tuple[s
     rows = []
     for s in studies:
         values = trial_values(s)
-        if not len(values):
-            continue
         budget = (s.get("protocol") or {}).get("trials")
+        if not len(values):  # searching: no trial has ended yet
+            rows.append({"dataset": s["dataset"], "optimizer": s["optimizer"], "sampler": sampler_of(s), "trials": 0,
+                         "budget": budget, "diverged": 0, "own_best": math.nan, "to_own_best": None,
+                         "best_final_optimizer": best_final.get(s["dataset"], (None, math.nan))[0],
+                         "best_final": best_final.get(s["dataset"], (None, math.nan))[1], "to_best_final": None})
+            continue
         curve = budget_curve(values, budget)
         own = float(values.min())
         final_name, final = best_final.get(s["dataset"], (None, math.nan))
@@ -146,6 +151,10 @@ def budget_markdown(rows: pd.DataFrame, order: list[str]) -> str:
     for dataset, own in rows.groupby("dataset", sort=False):
         label = workload_of(dataset).label
         for _, r in own.iterrows():
+            if r["trials"] == 0:
+                lines.append("| " + " | ".join([label, optimizer_label(r["optimizer"]), r["sampler"], "0 (0)",
+                                                 f"searching: no trial of {r['budget']} ended yet", DASH, DASH]) + " |")
+                continue
             lines.append("| " + " | ".join([
                 label, optimizer_label(r["optimizer"]), r["sampler"], f"{r['trials']} ({r['diverged']})",
                 f"{r['own_best']:,.2f}" if math.isfinite(r["own_best"]) else "every trial diverged",
@@ -158,7 +167,7 @@ def budget_markdown(rows: pd.DataFrame, order: list[str]) -> str:
             fewest = int(reached["to_best_final"].min())
             names = [optimizer_label(o) for o in reached.loc[reached["to_best_final"] == fewest, "optimizer"]]
             sentence += f"; fewest trials to within 5% of it: {', '.join(names)} ({fewest})"
-        never = [optimizer_label(o) for o in own.loc[own["to_best_final"].isna(), "optimizer"]]
+        never = [optimizer_label(o) for o in own.loc[own["to_best_final"].isna() & (own["trials"] > 0), "optimizer"]]
         if never:
             sentence += f"; {NEVER}: {', '.join(never)}"
         shared = [optimizer_label(o) for o in own.loc[own["sampler"] != "keyed", "optimizer"]]
