@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from benchmarks.workloads import get_workload, run_steps
+
 REPO_BENCH = Path(__file__).resolve().parents[1] / "results" / "bench"
 
 
@@ -128,3 +130,11 @@ def price_step(ms: dict[tuple[str, str, int], float], architecture: str, optimiz
         return None, None
     nearest = min(batches, key=lambda b: abs(b - batch))
     return ms[(architecture, optimizer, nearest)], nearest
+
+
+def price_run(ms: dict[tuple[str, str, int], float], cfg) -> tuple[float | None, int | None]:
+    """(seconds of training, the batch size of the figure used) of a whole run of `cfg`; None when
+    the table has no row for its optimizer."""
+    step_ms, measured_at = price_step(ms, get_workload(cfg.dataset.name).architecture, cfg.optimizer.name,
+                                      int(cfg.batch_size))
+    return (None if step_ms is None else step_ms * run_steps(cfg) / 1e3), measured_at

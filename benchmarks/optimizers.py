@@ -13,7 +13,7 @@
   linestyle, marker, ...; default derived from the family and the label), `extra` (the optional
   dependency group that provides `_target_`, named in the error when it is missing).
 
-Also optional: `benchmarks/search_spaces/<name>.yaml` (the tuner's search space, outside Hydra's
+Also optional: `benchmarks/tuning/search_spaces/<name>.yaml` (the tuner's search space, outside Hydra's
 config groups; default: the learning rate over [lr/30, 30 lr], log-uniform) and
 `configs/optimizer/inner_optimizer/<name>.yaml` (its use as LocoProp's inner optimizer). The
 registry reads a config as the runner composes it, keys inherited through `defaults:` included.
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-import yaml
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from torch import Tensor, nn
@@ -48,8 +47,6 @@ FAMILY_STYLES = {"first_order": dict(linestyle="--", marker="v"), "second_order"
                  "other": dict(linestyle=(0, (3, 1, 1, 1)), marker="P")}  # "x" marks a diverged run
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
-DEFAULT_SEARCH_DECADES = 1.5  # the default search space: lr over [lr / 10^1.5, lr * 10^1.5]
-SEARCH_SPACE_DIR = Path(__file__).resolve().parent / "search_spaces"  # the tuner's, not a Hydra config group
 
 
 class OptimizerConfigError(ValueError):
@@ -65,10 +62,6 @@ def optimizer_names(group: str = "optimizer") -> list[str]:
 
 def config_path(name: str) -> Path:
     return CONFIG_DIR / "optimizer" / f"{name}.yaml"
-
-
-def search_space_path(name: str) -> Path:
-    return SEARCH_SPACE_DIR / f"{name}.yaml"
 
 
 def optimizer_config(name: str) -> dict[str, Any]:
@@ -140,36 +133,6 @@ def label(name: str) -> str:
         return optimizer_info(name)["label"]
     except ValueError:
         return name
-
-
-def search_space(name: str) -> dict[str, dict[str, Any]]:
-    """The tuner's search space: `benchmarks/search_spaces/<name>.yaml`, or by default the learning
-    rate over three decades around the composed config's value (log-uniform).
-
-    Each entry is a dotted config key and `{low, high[, log]}` (a float or, for integer bounds, an
-    int) or `{choices: [...]}`."""
-    path = search_space_path(name)
-    if path.is_file():
-        space = yaml.safe_load(path.read_text()) or {}
-        where = str(path)
-    else:
-        lr = optimizer_config(name).get("lr")
-        if not isinstance(lr, (int, float)) or lr <= 0:
-            raise ValueError(f"{config_path(name)} has no positive lr to centre a default search space on: "
-                             f"write {path} (dotted keys with {{low, high, log}} or {{choices}})")
-        space = default_search_space(lr)
-        where = f"the default search space of {name} (no {path})"
-    for key, spec in space.items():
-        if not isinstance(spec, dict) or not ("choices" in spec or {"low", "high"} <= set(spec)):
-            raise ValueError(f"{where}: {key} needs {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
-    return space
-
-
-def default_search_space(lr: float) -> dict[str, dict[str, Any]]:
-    """The space of an optimizer without a search space file: the learning rate log-uniform over three
-    decades centred on its value, [lr / 10^1.5, lr * 10^1.5]."""
-    factor = 10 ** DEFAULT_SEARCH_DECADES
-    return {"optimizer.lr": {"low": float(lr) / factor, "high": float(lr) * factor, "log": True}}
 
 
 # ----------------------------------------------------------------------------- building one

@@ -18,16 +18,14 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from benchmarks.benchtable import ms_per_step
-from benchmarks.optimizers import (default_style, family_of, label as optimizer_label, optimizer_info, optimizer_names,
-                                   search_space)
-from benchmarks.reference import BENCH as REFERENCE_BENCH, ROOT as REFERENCE_ROOT
+from benchmarks.optimizers import (default_style, family_of, label as optimizer_label, optimizer_info, optimizer_names)
 from benchmarks.rundir import (BOOKKEEPING_DATASET_KEYS, BOOKKEEPING_KEYS, BOOKKEEPING_OPTIMIZER_KEYS, LATER_DEFAULTS,
                                atomic_write_json, atomic_write_text, config_hash, read_summary)
 from benchmarks.tables import DASH, fmt, fmt_mean_std, markdown_table, rank_text, ranked
@@ -42,10 +40,10 @@ RUN_KEYS = ("group", "dataset", "optimizer", "config_id", "seed", "run_id")
 # keys of older run configs that never changed the trained numbers
 LEGACY_BOOKKEEPING = {"": ("warmup_steps",), "dataset": ("prune",)}
 
-__all__ = ["HEALTHY", "WORKLOAD_ORDER", "bench_device", "bench_tables", "best_trial", "read_studies", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
+__all__ = ["HEALTHY", "WORKLOAD_ORDER", "bench_device", "bench_tables", "bench_ms_per_step", "varying_settings", "setting_name", "setting_text", "load_runs", "load_runs_or_explain", "run_record", "provenance", "write_json", "write_text",
            "read_summary", "workload_of", "mean_std", "load_reconstructions", "optimizer_label",
-           "optimizer_info", "optimizer_names", "search_space", "default_style", "family_of",
-           "REFERENCE_BENCH", "REFERENCE_ROOT", "DASH", "fmt", "fmt_mean_std", "markdown_table", "rank_text", "ranked"]
+           "optimizer_info", "optimizer_names", "default_style", "family_of",
+           "DASH", "fmt", "fmt_mean_std", "markdown_table", "rank_text", "ranked"]
 
 
 def workload_of(dataset: str) -> Workload:
@@ -311,50 +309,3 @@ def provenance(runs: pd.DataFrame | None = None) -> dict[str, Any]:
         info["run_git_commits"] = sorted({str(c) for c in runs.get("git_commit", pd.Series(dtype=object)).dropna()})
         info["run_torch_versions"] = sorted({str(v) for v in runs.get("torch", pd.Series(dtype=object)).dropna()})
     return info
-
-
-# ----------------------------------------------------------------------------- studies
-
-def best_trial(trials: list[Any]) -> Any | None:
-    """A search's winner among Optuna (frozen) trials: the complete trial with the lowest objective;
-    when none completed, the pruned, not diverged trial that got furthest, lowest last loss first
-    (its seeds then all run at full length)."""
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    if complete:
-        return min(complete, key=lambda t: t.value)
-    survivors = [t for t in trials if t.state.name == "PRUNED" and t.user_attrs.get("status") == "pruned"
-                 and t.intermediate_values]
-    if not survivors:
-        return None
-    return min(survivors, key=lambda t: (-max(t.intermediate_values), t.intermediate_values[max(t.intermediate_values)]))
-
-
-def read_studies(root: str | Path) -> Iterator[dict[str, Any]]:
-    """Every study under `<root>/<dataset>/tuning/<dataset>/<optimizer>.db` as plain records: its
-    protocol, its trials (state, setting, how it ended, whether its worker was lost, whether its
-    setting was enqueued rather than drawn, the sampler that drew it, the last running loss it
-    reported) and its winner."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for db in sorted(Path(root).glob("*/tuning/*/*.db")):
-        dataset, optimizer = db.parent.name, db.stem
-        try:
-            study = optuna.load_study(study_name=f"{dataset}-{optimizer}", storage=f"sqlite:///{db}")
-        except KeyError:  # created, no study in it yet
-            continue
-        trials = study.get_trials(deepcopy=False)
-        records = [{"number": t.number, "state": t.state.name, "params": dict(t.params), "value": t.value,
-                    "status": t.user_attrs.get("status"), "reason": t.user_attrs.get("reason"),
-                    "lost": t.state.name == "FAIL" and "error" not in t.user_attrs,
-                    "enqueued": "retry_of" in t.user_attrs or "failed_trial" in t.system_attrs
-                    or "fixed_params" in t.system_attrs,
-                    "sampler": t.user_attrs.get("sampler"),
-                    "last_epoch": max(t.intermediate_values) if t.intermediate_values else None,
-                    "last_value": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None}
-                   for t in trials]
-        best = best_trial(trials)
-        yield {"dataset": dataset, "optimizer": optimizer, "protocol": study.user_attrs.get("protocol"),
-               "trials": records,
-               "winner": None if best is None else {"number": best.number, "params": dict(best.params),
-                                                    "complete": best.state.name == "COMPLETE"}}

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change what is trained, so they stay out of the run id.
@@ -164,33 +164,26 @@ class RunInUse(RuntimeError):
 
 
 class RunLock:
-    """An exclusive lock file, so two concurrent jobs never write the same run directory.
+    """An exclusive lock on a run directory, so two concurrent jobs never write the same run.
 
-    A lock left by a dead process on this host is taken over (the run then resumes)."""
+    An OS lock (filelock) on `run.lock`: the kernel releases it when its process dies, so a killed
+    run leaves the file but no lock, and the next job resumes the run."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "run.lock"
+        self._lock = FileLock(self.path, timeout=0)
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()}:{os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, me.encode())
-                os.close(fd)
-                return self
-            except FileExistsError:
-                owner = self.path.read_text().strip()
-                host, _, pid = owner.partition(":")
-                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
-                    self.path.unlink(missing_ok=True)  # stale lock of a killed process on this host
-                    continue
-                raise RunInUse(f"run directory {self.path.parent} is in use by {owner} (remove {self.path} if stale)")
-        raise RunInUse(f"could not lock {self.path}")
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunInUse(f"run directory {self.path.parent} is in use by another process (it holds {self.path})") \
+                from None
+        return self
 
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        self._lock.release()
 
 
 # ----------------------------------------------------------------------------- provenance

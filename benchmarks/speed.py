@@ -41,6 +41,7 @@ from benchmarks.figure_files import figure_style, save_figure
 from benchmarks.models import build_autoencoder
 from benchmarks.optimizers import PRECISIONS, make_optimizer, make_step, optimizer_names
 from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name, load_average
+from benchmarks.train import resolve_device
 from benchmarks.workloads import paper_datasets
 
 ARCHITECTURES = tuple(paper_datasets())  # mnist, faces, curves: the architectures
@@ -281,8 +282,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     steps = args.steps or (50 if device.type == "cuda" else 10)
     unknown = set(args.optimizers) - set(optimizer_names())
     if unknown:

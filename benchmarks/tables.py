@@ -3,7 +3,6 @@ new optimizer against it (scripts/compare.py): one way to write a number, to ran
 from __future__ import annotations
 
 import math
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,14 @@ DASH = "—"
 
 def fmt(value: float, digits: int = 2) -> str:
     return DASH if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def fmt_sig(mean: float, std: float = math.nan, digits: int = 4) -> str:
+    """`mean ± std` to `digits` significant figures (std to two), the summary tables' format."""
+    if mean is None or not math.isfinite(mean):
+        return DASH
+    text = f"{mean:.{digits}g}"
+    return f"{text} ± {std:.2g}" if std is not None and math.isfinite(std) else text
 
 
 def fmt_mean_std(mean: float, std: float, digits: int = 2) -> str:

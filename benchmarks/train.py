@@ -9,7 +9,6 @@ interrupted run resumes where it stopped with the numbers of an uninterrupted on
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os

@@ -22,6 +22,7 @@ from hydra.utils import get_object
 
 from benchmarks import data, synth
 from benchmarks.config import CONFIG_DIR, compose_group, unknown_name
+from benchmarks.schedule import Schedule
 
 # The LocoProp notebook's tuning exits (cross-entropy scale): a trial ends when its loss is above
 # max_loss, its best above max_best_loss, or its best still above patience_loss after patience_epoch.
@@ -216,3 +217,16 @@ def load_dataset(name: str, root: str | None = None, download: bool = False, dev
             raise ValueError(f"{name}: n_{split}={n} must be >= 0")
     train, test = workload.loader(root_path, download, seed, n_train, n_test)
     return Dataset(workload, train.to(device), test.to(device))
+
+
+def trained_epochs(cfg) -> int:
+    """The epochs a run of `cfg` trains: the schedule's rule (the notebook trains one epoch fewer than
+    its schedule's length), cut at `stop_epoch` for short runs."""
+    return Schedule.from_config(cfg.schedule, int(cfg.epochs)).trained_epochs(cfg.stop_epoch)
+
+
+def run_steps(cfg) -> int:
+    """Optimizer steps of a whole run of `cfg`: full batches per epoch (the last partial batch is
+    dropped, as in the notebook) x trained epochs."""
+    n_train = cfg.dataset.n_train or get_workload(cfg.dataset.name).n_train
+    return n_train // int(cfg.batch_size) * trained_epochs(cfg)

@@ -1,5 +1,7 @@
 """`make demo`: what the project is about in a few minutes on a CPU, offline.
 
+    python -m scripts.demo [--results results/demo]
+
 Trains the CURVES autoencoder (12 layers, 6-unit code) on 2,000 generated CURVES-like images with
 LocoProp-M (the official settings), K-FAC and RMSProp with momentum (the LocoProp paper's main
 first-order baseline; lr 1e-3, alpha 0.9, momentum 0.9, the best of a small search at this very
@@ -23,8 +25,8 @@ import torch
 from benchmarks import cli
 from benchmarks.benchtable import format_duration
 from benchmarks.rundir import atomic_write_text, cpu_model, load_average
-from scripts import figures, summary as summary_script
-from scripts.plan import InProcess, Plan, PlannedRun
+from benchmarks.reporting import figures, summary
+from benchmarks.orchestration.plan import InProcess, Plan, PlannedRun
 
 SETTING = ["dataset=curves_synth", "dataset.n_train=2000", "dataset.n_test=500", "batch_size=100", "epochs=30",
            "logger=disabled", "group=demo"]
@@ -56,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for name, status in InProcess().run(plan).items():
         print(f"{name}: {status}")
-    figures.main(["--results", args.results, "--group", "demo", "--out", f"{args.results}/figures"])
-    summary_script.main(["--results", args.results, "--group", "demo", "--out", args.results])
+    figures.draw_group(args.results, "demo", f"{args.results}/figures")
+    for path in summary.summarize_group(args.results, "demo", args.results) or []:
+        print(path)
     note = (f"\nTime columns and the figures' time panels are seconds measured on this machine ({machine()}, "
             f"load average {load_text()} at the end), possibly loaded by other work; each optimizer is a single seed.\n")
     summary_md = Path(args.results) / "summary.md"

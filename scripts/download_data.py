@@ -1,5 +1,7 @@
 """`make data`: download MNIST, FACES, CURVES and the Olivetti faces into ./data (needs internet).
 
+    python -m scripts.download_data [--root data] [--datasets mnist curves]
+
 Each file is validated after download (sha256 for MNIST; keys, shapes and ranges for the .mat
 files; key, shape and dtype for the Olivetti faces that faces_synth is generated from), so a bad
 download is reported here rather than as a strange loss curve later. docs/data.md says where each
@@ -34,7 +36,7 @@ def fetch_olivetti(root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data")
     choices = [*paper_datasets(), OLIVETTI]
     parser.add_argument("--datasets", nargs="+", default=choices, choices=choices)

@@ -3,126 +3,30 @@
     python -m scripts.gpu_campaign [--out results/reference/<gpu-name>] [--max-minutes 8] [--archive] [--dry-run]
     python -m scripts.gpu_campaign --tiny --out /tmp/x      # the same phases on CPU in seconds (tests)
 
-The budget (`--max-minutes`) is cut into phases, each with its own limit, so the campaign ends on
-time by construction:
-1. `device.json`: the card, its memory, torch and CUDA versions;
-2. `bench/` (at most 25% of the budget): the speed bench of the MNIST and CURVES autoencoders, each
-   optimizer alone on the GPU; a bench cut by its limit leaves the rows it finished;
-3. `tests.xml` (at most 10%): tests/test_fast.py and tests/test_refresh_sync.py (CUDA graphs equal
-   eager steps, steps and refreshes do not wait for the host; `--tiny` only collects them);
-4. `runs/gpu/mnist/...` (what is left, less the report's reserve): the MNIST comparison at full
-   length with the tuned configs, every paper optimizer, seed 0, as concurrent processes (as many
-   as fit in 80% of the free memory by the bench's peak memory, at most half the CPU cores), the
-   longest first, CUDA graphs for every optimizer whose step replays exactly. A run still going at
-   the deadline gets SIGTERM: it writes its summary as `stopped` with the epochs it reached and
-   keeps its checkpoint, so `python -m benchmarks.train <its overrides>` resumes it anywhere;
-5. `figures/`, `summary.md` (the report's reserve): the time axis is steps x the bench's ms/step,
-   since concurrent runs inflate each other's measured seconds;
-6. `plan.json`: the phases and their times, the runs, concurrency and why, each run's end.
-`--archive` packs the folder, checkpoints included, into `<out>.tar.gz` (one file to carry back).
+How it works: `benchmarks/orchestration/gpu_campaign.py`.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import re
-import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
-import torch
 
 from benchmarks import cli
-from benchmarks.config import compose_config
-from benchmarks.data import DataError
 from benchmarks.optimizers import paper_optimizers
-from benchmarks.results import bench_ms_per_step, bench_tables, read_summary
-from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name
-from benchmarks.tuned import tuned_name
-from benchmarks.workloads import load_dataset
-from scripts import figures, summary as summary_script
-from scripts.plan import Plan, PlannedRun, Processes, fetch_command
-from scripts.reproduce import replays_in_a_graph
-
-REPO = Path(__file__).resolve().parents[1]
-CUDA_CONTEXT_MB = 600  # measured order of one process's CUDA context and allocator slack
-BENCH_SHARE, TESTS_SHARE = 0.25, 0.10  # of the budget; the runs get the rest less the report's reserve
-PHASE_FLOOR_S = 15.0  # a phase's limit is never below this (it matters only for tiny budgets)
-REPORT_RESERVE_S, TINY_REPORT_RESERVE_S = 45.0, 10.0
-TINY_RUN = ["dataset=curves_synth", "dataset.n_train=200", "dataset.n_test=50", "batch_size=100",
-            "model.sizes=[784,16,4,16,784]", "throwaway_steps=0", "device=cpu"]
-TESTS = ["tests/test_fast.py", "tests/test_refresh_sync.py"]
-
-
-def device_info(device: torch.device) -> dict:
-    info = {"device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cpu_count": os.cpu_count()}
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        info.update(memory_total_mb=total / 2**20, memory_free_mb=free / 2**20,
-                    capability=".".join(map(str, torch.cuda.get_device_capability(device))))
-    return info
-
-
-def run_overrides(optimizer: str, out: Path, tiny: bool, graph: bool, tiny_epochs: int = 2) -> list[str]:
-    tuned = tuned_name("mnist", optimizer)
-    base = [f"tuned={tuned}", "dataset=mnist"] if tuned else [f"optimizer={optimizer}", "dataset=mnist"]
-    extra = [*TINY_RUN, f"epochs={tiny_epochs}"] if tiny else ["device=cuda"]
-    return [*base, "seed=0", "group=gpu", f"results_dir={out}", "logger=disabled", "progress=false",
-            f"cuda_graph={str(graph).lower()}", *extra]
-
-
-def check_data(overrides: list[str]) -> None:
-    """Load (and validate) the comparison's data set before anything else runs: a missing or corrupt
-    file must cost seconds of a lent GPU, not the minutes of the bench and tests before the runs."""
-    cfg = compose_config(overrides)
-    try:
-        load_dataset(cfg.dataset.name, root=cfg.dataset.root, n_train=1, n_test=1)
-    except DataError as err:  # the campaign takes no overrides: advise what works for it
-        problem = re.sub(r",? or set dataset\.download=true to download it", "", str(err))
-        fetch = "" if "make data" in problem else f"; fix: {fetch_command(cfg.dataset.name)}"
-        raise SystemExit(f"the GPU campaign's data set {cfg.dataset.name} cannot be loaded, nothing was run: {problem}"
-                         f"{fetch} (a GPU machine without internet: carry the files and point LOCOPROP_DATA at them)"
-                         ) from None
-
-
-def concurrency(n_runs: int, bench_rows: list[dict], info: dict, n_train: int, n_test: int) -> tuple[int, str]:
-    """How many runs share the GPU at once: by memory (bench peak + data + evaluation + context) and
-    CPU cores, never a guess; the reason is recorded in plan.json."""
-    cores = max(1, (info.get("cpu_count") or 2) // 2)
-    if "memory_free_mb" not in info:
-        return min(n_runs, cores), f"no GPU: {min(n_runs, cores)} processes (half of {info.get('cpu_count')} cores)"
-    peaks = [r["peak_memory_mb"] for r in bench_rows if r.get("dataset") == "mnist" and r.get("peak_memory_mb")]
-    data_mb = (n_train + n_test) * 784 * 4 / 2**20
-    eval_mb = 3 * 10_000 * 1000 * 4 / 2**20  # the widest activations of a 10,000-example evaluation batch
-    need = max(peaks, default=4096) + data_mb + eval_mb + CUDA_CONTEXT_MB
-    by_memory = max(1, math.floor(0.8 * info["memory_free_mb"] / need))
-    n = min(n_runs, cores, by_memory)
-    return n, (f"{n} processes: min({n_runs} runs, {cores} = half the CPU cores, {by_memory} = 80% of "
-               f"{info['memory_free_mb']:.0f} MB free / {need:.0f} MB per run (bench peak "
-               f"{max(peaks, default=0):.0f} + data {data_mb:.0f} + evaluation {eval_mb:.0f} + context {CUDA_CONTEXT_MB}))")
-
-
-def phase(cmd: list[str], limit_s: float, log: Path) -> dict:
-    """A subprocess with a time limit: SIGTERM at the limit (then SIGKILL); what it wrote stays."""
-    start = time.time()
-    with open(log, "w") as handle:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
-        try:
-            code = proc.wait(timeout=max(1.0, limit_s))
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                code = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-            code = f"stopped at its limit of {limit_s:.0f} s (exit {code})"
-    return {"exit": code, "seconds": round(time.time() - start, 1), "limit_s": round(limit_s, 1)}
+from benchmarks.results import bench_ms_per_step, bench_tables
+from benchmarks.rundir import atomic_write_json, atomic_write_text
+from benchmarks.train import resolve_device
+from benchmarks.workloads import get_workload
+from benchmarks.reporting import figures, summary
+from benchmarks.orchestration.plan import Plan, PlannedRun, Processes
+from benchmarks.orchestration.reproduce import replays_in_a_graph
+from benchmarks.orchestration.gpu_campaign import (BENCH_SHARE, PHASE_FLOOR_S, REPORT_RESERVE_S, TESTS, TESTS_SHARE,
+                                                   TINY_REPORT_RESERVE_S, check_data, concurrency, device_info,
+                                                   ended_epochs, ended_reason, phase, run_overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.time()
     budget_end = start + 60 * args.max_minutes
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    device = resolve_device("cpu" if args.tiny else "auto")
     if device.type == "cpu" and not (args.tiny or args.dry_run):
         raise SystemExit("no CUDA device: the GPU campaign needs one (use --tiny or --dry-run to check it on CPU)")
     check_data(run_overrides(paper_optimizers()[0], Path("."), args.tiny, False))
@@ -160,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         plan_record["phases"]["tests"] = phase([sys.executable, "-m", "pytest", "-q", *TESTS, *test_args,
                                                 f"--junitxml={out / 'tests.xml'}"], limit, out / "tests.log")
     bench_rows = [row for _, table in bench_tables(out) for row in table.get("rows", [])]
-    n_train, n_test = (200, 50) if args.tiny else (60_000, 10_000)
+    mnist = get_workload("mnist")
+    n_train, n_test = (200, 50) if args.tiny else (mnist.n_train, mnist.n_test)
     n_parallel, why = concurrency(len(optimizers), bench_rows, info, n_train, n_test)
     ms = bench_ms_per_step(out) if (out / "bench").is_dir() else {}
     plan = Plan([PlannedRun(run_overrides(o, out, args.tiny, graphs[o], args.tiny_epochs), o) for o in optimizers],
@@ -177,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     statuses = Processes(n_parallel, logs=out / "logs").run(plan, deadline=budget_end - reserve)
     plan_record["phases"]["runs"] = {"seconds": round(time.time() - runs_start, 1),
                                      "limit_s": round(budget_end - reserve - runs_start, 1)}
-    plan_record["ended"] = {run.label: {"status": statuses.get(run.label), "reason": _reason(run),
-                                        "epochs": _epochs(run)} for run in plan.runs}
+    plan_record["ended"] = {run.label: {"status": statuses.get(run.label), "reason": ended_reason(run),
+                                        "epochs": ended_epochs(run)} for run in plan.runs}
     report_start = time.time()
-    figures.main(["--results", str(out), "--group", "gpu", "--out", str(out / "figures"), "--time", "bench"])
-    summary_script.main(["--results", str(out), "--group", "gpu", "--out", str(out)])
+    figures.draw_group(out, "gpu", out / "figures", time="bench")
+    summary.summarize_group(out, "gpu", out)
     plan_record["phases"]["report"] = {"seconds": round(time.time() - report_start, 1), "limit_s": reserve}
     plan_record.update(statuses={label: e["status"] for label, e in plan_record["ended"].items()},
                        seconds=round(time.time() - start, 1))
@@ -198,14 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"GPU campaign done in {plan_record['seconds']:.0f} s: {plan_record['statuses']}")
     tests_ok = plan_record["phases"]["tests"]["exit"] == 0
     return 0 if tests_ok and all(s == "finished" for s in plan_record["statuses"].values()) else 1
-
-
-def _reason(run: PlannedRun) -> str | None:
-    return (read_summary(run.run_dir) or {}).get("reason")
-
-
-def _epochs(run: PlannedRun) -> int | None:
-    return (read_summary(run.run_dir) or {}).get("epochs_completed")
 
 
 if __name__ == "__main__":

@@ -4,19 +4,7 @@
                                 [--optimizer adam,locoprop_m] [--executor inprocess|processes|local|slurm]
                                 [--workers N] [--gpus 0,1,2,3] [any Hydra override, e.g. epochs=2 device=cuda]
 
-For every dataset x optimizer x seed it trains `tuned=<dataset>/<optimizer>` in group `reproduce`.
-A real data set without a config of its own searched on it (FACES, CURVES) borrows the config
-searched on its generated stand-in (faces_synth, curves_synth): a transfer, which the plan names.
-Finished runs are skipped and interrupted ones resume from their last epoch checkpoint, so
-re-running the command continues where it stopped. A run that cannot start (a missing data file)
-or fails does not stop the others: the failures are listed at the end, the figures and tables are
-drawn from what finished, and the exit status is 1. Before anything trains, a pre-flight checks every
-planned run's data, optional packages and device and stops (exit status 2) with one line per
-missing piece and its fix; then the plan's total, its bench table and an ETA are printed. `--dry-run` lists the runs in order with their
-state, whether their data is there (and the command that fetches it), and their cost from the
-bench table of the device they will use. With `cuda_graph=true`, each optimizer whose step
-replays exactly in a CUDA graph uses one and the others run eagerly (the plan says which).
-The older spelling `key=value` of the options (`seeds=1 dataset=mnist dry_run=true`) still works.
+How it works: `benchmarks/orchestration/reproduce.py`.
 """
 from __future__ import annotations
 
@@ -25,23 +13,16 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from benchmarks import cli
 from benchmarks.cli import UsageError
-from benchmarks.config import compose_config, unknown_name
-from benchmarks.fast import graph_safe
-from benchmarks.models import build_autoencoder
-from benchmarks.optimizers import make_optimizer, optimizer_names, paper_optimizers
-from benchmarks.tuned import tuned_name, tuned_note
-from benchmarks.workloads import WORKLOADS, paper_datasets
-from scripts import figures, summary as summary_script
-from scripts.launch import LaunchSettings
-from scripts.plan import Plan, PlannedRun, executor_for, use_threads
-
-PAPER_DATASETS = tuple(paper_datasets())  # mnist, faces, curves
-LEGACY_KEYS = {"seeds": "--seeds", "dataset": "--dataset", "optimizer": "--optimizer", "dry_run": "--dry-run",
-               "results": "--results", "group": "--group"}
+from benchmarks.config import unknown_name
+from benchmarks.optimizers import optimizer_names, paper_optimizers
+from benchmarks.workloads import WORKLOADS
+from benchmarks.reporting import figures, summary
+from benchmarks.orchestration.launch import LaunchSettings
+from benchmarks.orchestration.plan import executor_for, use_threads
+from benchmarks.orchestration.reproduce import LEGACY_KEYS, PAPER_DATASETS, make_plan
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -83,30 +64,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, list(args.overrides)
 
 
-def replays_in_a_graph(optimizer: str) -> bool:
-    """Whether this optimizer's step can be captured in a CUDA graph (benchmarks.fast.graph_safe)."""
-    cfg = compose_config([f"optimizer={optimizer}"])
-    return graph_safe(make_optimizer(build_autoencoder(sizes=[6, 4, 2, 4, 6]), OmegaConf.to_container(cfg.optimizer,
-                                                                                                      resolve=True)))
-
-
-def make_plan(datasets: list[str], optimizers: list[str], seeds: int, overrides: list[str], results: str,
-              group: str) -> Plan:
-    graphs = "cuda_graph=true" in [o.lower() for o in overrides]
-    runs = []
-    for dataset in datasets:
-        for optimizer in optimizers:
-            tuned = tuned_name(dataset, optimizer)
-            base = [f"tuned={tuned}"] if tuned else [f"optimizer={optimizer}"]
-            eager = ["cuda_graph=false"] if graphs and not replays_in_a_graph(optimizer) else []
-            for seed in range(seeds):
-                label = f"{dataset}/{optimizer} seed {seed}" + tuned_note(dataset, tuned) + (
-                    " (eager)" if eager else "")
-                runs.append(PlannedRun([*base, f"dataset={dataset}", f"seed={seed}", f"group={group}",
-                                        f"results_dir={results}", *overrides, *eager], label))
-    return Plan(runs, title=f"reproduce ({len(datasets)} data sets x {len(optimizers)} optimizers x {seeds} seeds)")
-
-
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     plan = make_plan(args.dataset.split(","), args.optimizer.split(","), args.seeds, overrides, args.results,
@@ -134,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     failures = [f"{label}: {status}" for label, status in statuses.items() if status.startswith("failed")
                 or status.startswith("exit")]
     out = Path(args.results)
-    if figures.main(["--results", args.results, "--group", args.group, "--out", str(out / "figures" / args.group)]) == 0:
-        summary_script.main(["--results", args.results, "--group", args.group,
-                             "--out", str(out / "summaries" / args.group)])
+    if figures.draw_group(args.results, args.group, out / "figures" / args.group) is not None:
+        for path in summary.summarize_group(args.results, args.group, out / "summaries" / args.group) or []:
+            print(path)
     if failures:
         print(f"{len(failures)} run(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

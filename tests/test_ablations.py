@@ -7,7 +7,9 @@ import yaml
 
 from benchmarks.config import compose_config
 from benchmarks.results import load_runs
-from scripts import ablations, figures
+from benchmarks.orchestration import ablations
+from scripts import ablations as ablations_cli
+from benchmarks.reporting import figures
 from tests.tiny import TINY_RUN
 
 TINY = [*TINY_RUN, "epochs=2", "stop_epoch=2", "schedule=constant", "logger=disabled"]
@@ -76,7 +78,7 @@ def test_a_sweeper_param_that_gives_no_grid_is_named(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_tiny_ablation_trains_each_setting_and_draws_final_loss_against_it(tmp_path):
-    assert ablations.main(["--only", "gamma", "variant", "--results", str(tmp_path), "--", *TINY]) == 0
+    assert ablations_cli.main(["--only", "gamma", "variant", "--results", str(tmp_path), "--", *TINY]) == 0
     runs, _ = load_runs(tmp_path, "ablation-gamma")
     assert sorted(runs["optimizer"].unique()) == ["locoprop_m"] and len(runs) == 5
     table, key, second = figures.ablation_table(runs, "curves_synth")

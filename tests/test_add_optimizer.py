@@ -3,16 +3,21 @@ is edited, and it trains, tunes over the default search space, and shows in the 
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 
 import pytest
 import yaml
 
-from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.optimizers import optimizer_info, search_space
+from benchmarks import config, optimizers, workloads
+from benchmarks.config import compose_config
+from benchmarks.optimizers import optimizer_info
+from benchmarks.tuning.space import search_space
 from benchmarks.train import train
-from scripts import figures, summary
-from scripts.tune import Protocol, Search
+from scripts import figures
+from scripts import summary as summary_cli
+from benchmarks.tuning.protocol import Protocol
+from benchmarks.tuning.search import Search
 from tests.tiny import TINY_RUN
 
 NAME = "signsgd_user_test"  # a name no shipped optimizer uses
@@ -46,15 +51,16 @@ lr: 3.0e-3
 
 @pytest.fixture
 def user_optimizer(tmp_path, monkeypatch):
-    """The user's module on sys.path and their one config in configs/optimizer/ (removed afterwards)."""
+    """The user's module on sys.path and their one config in a copy of configs/ (the checkout is
+    never written: the registry and the composer read the copy)."""
     (tmp_path / "user_optimizers.py").write_text(textwrap.dedent(MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    config = CONFIG_DIR / "optimizer" / f"{NAME}.yaml"
-    config.write_text(CONFIG)
-    try:
-        yield
-    finally:
-        config.unlink()
+    configs = tmp_path / "configs"
+    shutil.copytree(config.CONFIG_DIR, configs)
+    (configs / "optimizer" / f"{NAME}.yaml").write_text(CONFIG)
+    for module in (config, optimizers, workloads):
+        monkeypatch.setattr(module, "CONFIG_DIR", configs)
+    yield
 
 
 @pytest.mark.usefixtures("user_optimizer")
@@ -63,7 +69,7 @@ def test_an_optimizer_of_one_module_and_one_config_trains_tunes_and_is_reported(
     info = optimizer_info(NAME)
     assert (info["label"], info["family"], info["paper"]) == ("SignSGD", "other", False)
     assert set(info["style"]) >= {"color", "linestyle", "marker"}
-    space = search_space(NAME)  # no benchmarks/search_spaces file: the lr over three decades around 3e-3
+    space = search_space(NAME)  # no benchmarks/tuning/search_spaces file: the lr over three decades around 3e-3
     assert space == {"optimizer.lr": {"low": pytest.approx(3e-3 / 10 ** 1.5), "high": pytest.approx(3e-3 * 10 ** 1.5),
                                       "log": True}}
 
@@ -82,7 +88,7 @@ def test_an_optimizer_of_one_module_and_one_config_trains_tunes_and_is_reported(
     exported = yaml.safe_load((tmp_path / "tuned" / "curves_synth" / f"{NAME}.yaml").read_text())
     assert exported["optimizer"]["lr"] in lrs
 
-    assert summary.main(["--results", str(results), "--group", "final", "--out", str(tmp_path / "sum")]) == 0
+    assert summary_cli.main(["--results", str(results), "--group", "final", "--out", str(tmp_path / "sum")]) == 0
     assert "SignSGD" in (tmp_path / "sum" / "summary.md").read_text()
     assert figures.main(["--results", str(results), "--group", "final", "--out", str(tmp_path / "fig")]) == 0
     drawn = json.loads((tmp_path / "fig" / "provenance.json").read_text())

@@ -1,13 +1,16 @@
-"""Imports flow one way: locoprop (primitives, LocoProp) <- baselines <- benchmarks <- scripts.
+"""Imports flow one way, floor by floor:
+
+    locoprop (primitives, LocoProp) <- baselines <- benchmarks (core: data, models, runner, run files)
+    <- benchmarks.tuning <- benchmarks.reporting <- benchmarks.orchestration <- scripts
 
 Parsed with `ast`, so a forbidden import fails here before it can turn into a cycle:
-- a package imports only packages at its level or below (locoprop 0, baselines 1, benchmarks 2,
-  scripts 3); locoprop and baselines use the standard library and torch only;
+- a module imports only modules on its floor or below; locoprop and baselines use the standard
+  library and torch only;
+- scripts/ holds entry points only: no module (a script included) imports a script;
 - project modules are imported at module level, never inside a function (which would hide a cycle);
 - no two modules import each other, directly or through others;
-- the report scripts (figures, summary, report) see results only through `benchmarks.results`; the
-  other benchmarks modules they use read no runs or studies (READS_NO_RESULTS: statistics, the
-  mean-image plateau of the data, the figure files' settings).
+- reporting reads runs only through `benchmarks.results` and studies only through
+  `benchmarks.tuning.studies` (never the run files' writer, the runner or Optuna itself).
 """
 from __future__ import annotations
 
@@ -18,15 +21,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LEVELS = {"locoprop": 0, "baselines": 1, "benchmarks": 2, "scripts": 3}
+FLOORS = {"locoprop": 0, "baselines": 1, "benchmarks": 2, "benchmarks.tuning": 3, "benchmarks.reporting": 4,
+          "benchmarks.orchestration": 5, "scripts": 6}
 TORCH_ONLY = ("locoprop", "baselines")
-REPORTS = ("scripts.figures", "scripts.summary", "scripts.report")
-READS_NO_RESULTS = {"benchmarks.figure_files", "benchmarks.statistics", "benchmarks.plateau"}
+REPORTING_NEVER = ("benchmarks.rundir", "benchmarks.train", "optuna")
+
+
+def floor(module: str) -> int:
+    """The floor of a module: its longest package prefix in FLOORS."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in FLOORS:
+            return FLOORS[".".join(parts[:n])]
+    raise KeyError(module)
 
 
 def modules() -> dict[str, Path]:
     return {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
-            for package in LEVELS for p in sorted((REPO / package).glob("*.py"))}
+            for package in ("locoprop", "baselines", "benchmarks", "scripts") for p in sorted((REPO / package).rglob("*.py"))}
 
 
 def imports(name: str, path: Path) -> list[tuple[str, bool]]:
@@ -68,11 +80,12 @@ def project_edges() -> dict[str, set[str]]:
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_imports_point_down_and_sit_at_module_level(name):
     path = modules()[name]
-    level = LEVELS[name.split(".")[0]]
+    level = floor(name)
     for target, at_top in imports(name, path):
         root = target.split(".")[0]
-        if root in LEVELS:
-            assert LEVELS[root] <= level, f"{name} imports {target}, a package above it"
+        if root in FLOORS:
+            assert floor(target) <= level, f"{name} imports {target}, a floor above it"
+            assert root != "scripts", f"{name} imports {target}: scripts are entry points, never imported"
             assert at_top, f"{name} imports {target} inside a function (a hidden cycle?)"
         elif name.split(".")[0] in TORCH_ONLY:
             stdlib = root in sys.stdlib_module_names or root == "__future__"
@@ -98,10 +111,21 @@ def test_no_import_cycles():
             visit(module, [module])
 
 
-@pytest.mark.parametrize("report", REPORTS)
-def test_report_scripts_read_results_through_one_module(report):
-    used = {t for t in project_edges()[report] if t.startswith("benchmarks")} - READS_NO_RESULTS
-    assert used == {"benchmarks.results"}, f"{report} reaches into {sorted(used - {'benchmarks.results'})}"
+@pytest.mark.parametrize("name", sorted(n for n in modules() if n.startswith("benchmarks.reporting")))
+def test_reporting_reads_runs_and_studies_through_their_readers(name):
+    used = {target for target, _ in imports(name, modules()[name])}
+    reached = sorted(t for t in used if t.startswith(REPORTING_NEVER))
+    assert not reached, f"{name} reaches into {reached}: read runs with benchmarks.results, studies with benchmarks.tuning.studies"
+
+
+def test_every_package_has_its_map():
+    """Each sub-system package opens with a docstring that maps its modules."""
+    for package in ("benchmarks.tuning", "benchmarks.reporting", "benchmarks.orchestration"):
+        init = REPO / package.replace(".", "/") / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        listed = {p.stem for p in init.parent.glob("*.py")} - {"__init__"}
+        missing = sorted(m for m in listed if m not in doc)
+        assert not missing, f"{init} does not map {missing}"
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path, monkeypatch):
@@ -109,4 +133,5 @@ def test_the_checker_sees_a_forbidden_import(tmp_path, monkeypatch):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from benchmarks.results import load_runs\n")
     assert ("benchmarks.results", False) in imports("locoprop.bad", bad)
-    assert LEVELS["benchmarks"] > LEVELS["locoprop"]
+    assert floor("benchmarks.results") > floor("locoprop.bad")
+    assert floor("benchmarks.orchestration.plan") > floor("benchmarks.tuning.search")

@@ -9,10 +9,10 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from benchmarks.optimizers import paper_optimizers
-from benchmarks.results import read_studies
-from scripts import campaign
-from scripts.report import study_verdicts
-from scripts.tune import Search
+from benchmarks.tuning.studies import read_studies
+from benchmarks.orchestration import campaign
+from benchmarks.reporting.report import study_verdicts
+from benchmarks.tuning.search import Search
 
 
 def _searches(plan) -> list[Search]:

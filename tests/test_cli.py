@@ -18,7 +18,10 @@ from benchmarks.config import compose_config
 from benchmarks.results import read_summary
 from benchmarks.rundir import run_dir_for
 from benchmarks.train import train
-from scripts import reproduce, tune
+from benchmarks.orchestration import reproduce
+from scripts import reproduce as reproduce_cli
+from benchmarks.tuning import search as tune
+from scripts import tune as tune_cli
 from tests.halting import start_halting, wait_until_halted
 from tests.tiny import TINY_RUN
 
@@ -53,7 +56,7 @@ def test_an_expected_mistake_is_one_line_naming_it_with_exit_status_2(tmp_path, 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown optimizer 'adamm'"):
-        cli.run(tune.main, ["--dataset", "curves_synth", "--optimizer", "adamm", "--results", str(tmp_path), "--debug"])
+        cli.run(tune_cli.main, ["--dataset", "curves_synth", "--optimizer", "adamm", "--results", str(tmp_path), "--debug"])
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -62,7 +65,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 ])
 def test_reproduce_refuses_a_plan_of_nothing_or_of_unknown_names(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
-        cli.run(reproduce.main, [*argv, "--results", str(tmp_path), "--dry-run"])
+        cli.run(reproduce_cli.main, [*argv, "--results", str(tmp_path), "--dry-run"])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.splitlines() == [err.strip()] and err.startswith(message), err
     assert "inner_optimizer" not in err  # LocoProp's inner choices are not optimizers to pick
@@ -75,7 +78,7 @@ def test_a_toy_search_writes_only_under_its_results_folder(tmp_path, monkeypatch
     """The documented stand-in search (--export-as curves) leaves the checkout as it was."""
     before = _git_status()
     results = tmp_path / "elsewhere"
-    path = tune.main(["--dataset", "curves_synth", "--optimizer", "sgd", "--trials", "1", "--seeds", "1",
+    path = tune_cli.main(["--dataset", "curves_synth", "--optimizer", "sgd", "--trials", "1", "--seeds", "1",
                       "--export-as", "curves", "--results", str(results), "--", *TINY, "epochs=2"])
     assert path == results / "tuned" / "curves" / "sgd.yaml" and path.is_file()
     assert yaml.safe_load(path.read_text())["tuned_source"]["study_name"] == "curves_synth-sgd"
@@ -96,11 +99,11 @@ def test_a_tuned_config_of_another_study_is_kept_unless_forced(tmp_path, capsys)
             "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), "--", *TINY,
             "epochs=2"]
     with pytest.raises(SystemExit) as exit:
-        cli.run(tune.main, argv)
+        cli.run(tune_cli.main, argv)
     err = capsys.readouterr().err
     assert exit.value.code == 2 and len(err.strip().splitlines()) == 1 and "--force" in err
     assert tuned.read_text() == shipped.read_text() and not (tmp_path / "res").exists()
-    assert tune.main([*argv[:-len(TINY) - 2], "--force", "--", *TINY, "epochs=2"]) == tuned
+    assert tune_cli.main([*argv[:-len(TINY) - 2], "--force", "--", *TINY, "epochs=2"]) == tuned
     source = yaml.safe_load(tuned.read_text())["tuned_source"]
     assert source["study"] != yaml.safe_load(shipped.read_text())["tuned_source"]["study"]  # this study's export
 

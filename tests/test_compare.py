@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from benchmarks.compare import QUICK_NOTE, default_lr, quick_protocol, resolve_optimizer, verdict
-from benchmarks.statistics import paired_p
-from benchmarks.reference import ROOT, reference_protocol
+from benchmarks.orchestration.compare import QUICK_NOTE, default_lr, quick_protocol, resolve_optimizer, verdict
+from benchmarks.reporting.statistics import paired_p
+from benchmarks.tuning.protocol import ROOT, read_protocol
 from benchmarks.results import HEALTHY, family_of, load_runs, mean_std
 from scripts import compare
 
@@ -58,15 +58,15 @@ def _git_status() -> str:
 
 
 @pytest.mark.slow
-def test_the_reference_protocol_is_the_one_every_keyed_study_recorded():
+def test_the_read_protocol_is_the_one_every_keyed_study_recorded():
     for dataset in ("mnist", "faces_synth", "curves_synth"):
-        protocol = reference_protocol(ROOT, dataset)
+        protocol = read_protocol(ROOT, dataset)
         assert protocol.sources
         for source in protocol.sources:
             storage = f"sqlite:///{source}"
             recorded = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0],
                                          storage=storage).user_attrs["protocol"]
-            kwargs = protocol.as_protocol_kwargs()
+            kwargs = protocol.as_dict()
             assert {k: recorded[k] for k in recorded if k in kwargs} == {k: kwargs[k] for k in recorded if k in kwargs}
         finals = ROOT / dataset / "runs" / "final" / dataset / "soap"
         assert protocol.seeds == len({json.loads(p.read_text())["seed"] for p in finals.glob("*/summary.json")})

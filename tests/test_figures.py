@@ -16,7 +16,8 @@ import pytest
 
 from benchmarks.figure_files import figure_style
 from benchmarks.optimizers import optimizer_names
-from scripts import figures
+from benchmarks.reporting import figures
+from scripts import figures as figures_cli
 from benchmarks.results import load_runs
 from tests.fixtures import make_results
 
@@ -43,7 +44,7 @@ def drawn(tmp_path_factory):
     printed = io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed):
         warnings.simplefilter("always")
-        code = figures.main(["--results", str(results), "--group", "default", "--out", str(out)])
+        code = figures_cli.main(["--results", str(results), "--group", "default", "--out", str(out)])
     return results, out, code, [str(w.message) for w in caught], printed.getvalue().split()
 
 
@@ -80,7 +81,7 @@ def test_provenance_comes_from_the_runs_and_figures_carry_no_time_stamp(drawn):
 def test_a_redrawn_figure_is_the_same_file(drawn, tmp_path):
     results, out, _, _, _ = drawn
     again = tmp_path / "again"
-    assert figures.main(["--results", str(results), "--group", "default", "--out", str(again)]) == 0
+    assert figures_cli.main(["--results", str(results), "--group", "default", "--out", str(again)]) == 0
     for name in ("overview.png", "overview.pdf", "faces_synth_train_vs_epoch.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
@@ -294,7 +295,7 @@ def test_reconstruction_display_scaling():
 
 
 def test_no_runs_exits_1_with_a_clear_message(tmp_path, capsys):
-    assert figures.main(["--results", str(tmp_path), "--group", "default"]) == 1
+    assert figures_cli.main(["--results", str(tmp_path), "--group", "default"]) == 1
     assert "no runs found" in capsys.readouterr().err
     assert not (tmp_path / "figures").exists()
 

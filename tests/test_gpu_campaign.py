@@ -8,6 +8,7 @@ import tarfile
 import pytest
 
 from benchmarks.optimizers import paper_optimizers
+from benchmarks.orchestration import gpu_campaign as campaign_plan
 from scripts import gpu_campaign
 
 
@@ -53,7 +54,7 @@ def test_tiny_rehearsal_keeps_its_budget_and_stops_the_last_run_cleanly(tmp_path
 def test_missing_data_stops_the_campaign_before_anything_runs(tmp_path, monkeypatch):
     empty = tmp_path / "no-mnist-here"
     empty.mkdir()
-    monkeypatch.setattr(gpu_campaign, "TINY_RUN", ["dataset=mnist", f"dataset.root={empty}", "device=cpu"])
+    monkeypatch.setattr(campaign_plan, "TINY_RUN", ["dataset=mnist", f"dataset.root={empty}", "device=cpu"])
     with pytest.raises(SystemExit, match=r"data set mnist cannot be loaded, nothing was run.*train-images-idx3-ubyte"):
         gpu_campaign.main(["--tiny", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()

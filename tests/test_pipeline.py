@@ -10,9 +10,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.optimizers import SEARCH_SPACE_DIR, paper_optimizers, search_space
-from benchmarks.tuned import tuned_name
-from scripts import reproduce
+from benchmarks.optimizers import paper_optimizers
+from benchmarks.tuning.space import SEARCH_SPACE_DIR, search_space
+from benchmarks.tuning.tuned import tuned_name
+from benchmarks.orchestration import reproduce
+from scripts import reproduce as reproduce_cli
 from tests.tiny import TINY_RUN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +98,8 @@ def test_committed_results_name_no_path_of_a_machine():
 def test_cpu_sized_reproduce_writes_figures_and_table(tmp_path):
     args = [f"results={tmp_path}", "seeds=1", "dataset=curves_synth", "optimizer=sgd,adam", "logger=disabled",
             "progress=false", *TINY]
-    assert reproduce.main(args + ["dry_run=true"]) == 0
-    assert reproduce.main(args) == 0
+    assert reproduce_cli.main(args + ["dry_run=true"]) == 0
+    assert reproduce_cli.main(args) == 0
     summary = pd.read_csv(tmp_path / "summaries" / "reproduce" / "summary.csv")
     assert set(summary.optimizer) == {"sgd", "adam"}
     figures = {p.name for p in (tmp_path / "figures" / "reproduce").iterdir()}
@@ -106,5 +108,5 @@ def test_cpu_sized_reproduce_writes_figures_and_table(tmp_path):
     assert "performance_profile.png" not in figures  # one dataset: a profile would be degenerate
     # a second invocation skips the finished runs
     before = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("metrics.csv")}
-    reproduce.main(args)
+    reproduce_cli.main(args)
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("metrics.csv")}

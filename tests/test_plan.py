@@ -9,13 +9,14 @@ import sys
 import pytest
 
 from benchmarks.optimizers import paper_optimizers
-from scripts import plan as plan_module, reproduce
+from benchmarks.orchestration import plan as plan_module
+from benchmarks.orchestration import reproduce
+from scripts import reproduce as reproduce_cli
 from benchmarks.benchtable import choose_table
-from scripts.plan import Plan, PlannedRun, Processes
+from benchmarks.orchestration.plan import Plan, PlannedRun, Processes
 from tests.tiny import TINY_RUN
 
-ENTRY_POINTS = ("reproduce", "campaign", "gpu_campaign", "ablations", "demo", "tune", "report", "figures", "summary",
-                "scaling", "download_data")
+ENTRY_POINTS = sorted(p.stem for p in (plan_module.REPO / "scripts").glob("*.py") if p.stem != "__init__")
 TINY = [*TINY_RUN, "epochs=2", "logger=disabled", "progress=false"]
 
 
@@ -24,6 +25,8 @@ def test_every_entry_point_answers_help(module):
     out = subprocess.run([sys.executable, "-m", f"scripts.{module}", "--help"], capture_output=True, text=True,
                          timeout=120, cwd=plan_module.REPO)
     assert out.returncode == 0 and "usage:" in out.stdout, out.stderr[-1000:]
+    purpose, example = out.stdout.split("\n\n")[1:3]  # the docstring: what it does, then how to call it
+    assert purpose.strip() and f"python -m scripts.{module}" in example, out.stdout[:600]
 
 
 def test_with_cuda_graphs_each_optimizer_composes_and_the_unsafe_ones_run_eagerly(tmp_path):
@@ -50,7 +53,7 @@ def test_a_dry_run_totals_the_runs_to_do_apart_from_those_waiting_for_data(tmp_p
 
     argv = ["--dry-run", "--dataset", "curves_synth,curves", "--optimizer", "adam,sgd", "--seeds", "1",
             "--results", str(results), f"dataset.root={tmp_path / 'no-data'}", *TINY]
-    assert reproduce.main(argv) == 1  # CURVES' file is missing
+    assert reproduce_cli.main(argv) == 1  # CURVES' file is missing
     text = capsys.readouterr().out
     assert "cost estimates: bench table this.json" in text
     assert "curves/adam seed 0" in text and "waiting for data" in text and "make data" in text
@@ -68,7 +71,7 @@ def test_a_two_thread_dry_run_is_priced_by_the_committed_one_thread_table_and_na
     optimizers = ["sgd", "kfac", "locoprop_m"]
     argv = ["--dry-run", "--threads", "2", "--dataset", "mnist", "--optimizer", ",".join(optimizers), "--seeds", "1",
             "--results", str(tmp_path), f"dataset.root={tmp_path}"]
-    assert reproduce.main(argv) == 1  # no MNIST here: the runs wait for data, and are priced all the same
+    assert reproduce_cli.main(argv) == 1  # no MNIST here: the runs wait for data, and are priced all the same
     text = capsys.readouterr().out
     table = json.loads((plan_module.REPO_BENCH / "intel_xeon_processor_family_6_model_167_x1.json").read_text())
     ms = {r["optimizer"]: r["ms_per_step"] for r in table["rows"] if r["dataset"] == "mnist"}
@@ -83,7 +86,7 @@ def test_a_two_thread_dry_run_is_priced_by_the_committed_one_thread_table_and_na
 
 def test_a_plan_no_table_prices_says_unknown_never_zero_hours(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(plan_module, "cpu_model", lambda: "Some Other CPU")
-    assert reproduce.main(["--dry-run", "--dataset", "curves_synth", "--optimizer", "sgd,adam", "--seeds", "1",
+    assert reproduce_cli.main(["--dry-run", "--dataset", "curves_synth", "--optimizer", "sgd,adam", "--seeds", "1",
                            "--results", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "cost estimates: unknown: no bench table of Some Other CPU x" in text
@@ -121,7 +124,7 @@ def test_the_table_of_this_thread_count_wins_a_busy_one_is_explained_and_used_on
 def test_the_preflight_names_each_missing_data_set_once_with_its_fix_and_trains_nothing(tmp_path, capsys):
     argv = ["--dataset", "mnist,curves,curves_synth", "--optimizer", "sgd,adam", "--seeds", "3",
             "--results", str(tmp_path), f"dataset.root={tmp_path / 'nothing-here'}", *TINY]
-    assert reproduce.main(argv) == 2
+    assert reproduce_cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == "cannot start, missing:" and len(err) == 3
     assert err[1].strip().startswith("data mnist:") and err[2].strip().startswith("data curves:")

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import plateau, statistics
-from scripts import report
+from benchmarks.reporting import plateau
+from benchmarks.reporting import statistics
+from benchmarks.reporting import report
+from benchmarks.tuning.protocol import Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +111,7 @@ def test_rows_that_share_data_by_seed_are_compared_in_pairs():
     def results_of(dataset):
         runs = pd.DataFrame({"optimizer": ["adam"] * 3 + ["sgd"] * 3, "seed": [0, 1, 2] * 2,
                              "status": ["finished"] * 6, "final_train_ce": [*a.values(), *b.values()]})
-        return report.WorkloadResults(dataset, Path("."), runs, pd.DataFrame(), pd.DataFrame(), {})
+        return report.WorkloadResults(dataset, Path("."), runs, pd.DataFrame(), pd.DataFrame(), {}, Protocol())
     words, note = report.compare(results_of("curves_synth"), "adam", "sgd")
     assert words == "lower than" and "paired t-test by seed" in note
     words, note = report.compare(results_of("mnist"), "adam", "sgd")
@@ -132,10 +134,10 @@ def test_a_row_that_never_leaves_the_plateau_is_stalled_and_gets_no_gap_verdict(
                          "status": ["finished"] * 6, "best_train_ce": [99.5, 99.9, 98.5, 99.8, 50.0, 51.0],
                          "final_train_ce": [99.6, 99.9, 99.0, 99.9, 50.0, 51.0]})
     record = {"dataset": "curves_synth", "by_seed": {"0": 100.0, "1": 100.0}}
-    results = report.WorkloadResults("curves_synth", Path("."), runs, pd.DataFrame(), pd.DataFrame(), record)
+    results = report.WorkloadResults("curves_synth", Path("."), runs, pd.DataFrame(), pd.DataFrame(), record, Protocol())
     assert report.stalled_rows(results) == {"adam"}  # sgd's seed 0 got 1.5% below the plateau
     unknown = report.WorkloadResults("curves_synth", Path("."), runs, pd.DataFrame(), pd.DataFrame(),
-                                     {"dataset": "curves_synth", "by_seed": {}})
+                                     {"dataset": "curves_synth", "by_seed": {}}, Protocol())
     assert report.stalled_rows(unknown) == set()
 
 
@@ -153,7 +155,7 @@ def test_a_row_not_finished_says_how_far_it_is():
     frame.loc["sgd", f"{second}_n_seeds"] = float("nan")
     text = report.comparison_markdown(frame.reset_index(), results, {(second, "sgd"): study})
     line = next(l for l in text.splitlines() if l.startswith("| SGD |"))
-    assert f"(1 of {report.SEEDS} seeds)" in line and "| searching (3 of 8 trials) |" in line
+    assert f"(1 of {results[0].protocol.seeds} seeds)" in line and results[0].protocol.seeds == 3 and "| searching (3 of 8 trials) |" in line
 
 
 def block(text: str, name: str) -> str:

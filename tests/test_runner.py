@@ -86,7 +86,9 @@ def test_end_to_end_run_writes_tables(tmp_path):
     run_dir = run_dir_for(cfg)
     assert summary["status"] == "finished"
     assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "reconstructions.npz"}
-    assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "run.lock").exists()
+    assert not (run_dir / "checkpoint.pt").exists()
+    with RunLock(run_dir):  # released
+        pass
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert list(metrics.columns) == METRIC_COLUMNS and list(metrics.epoch) == [0, 1, 2]
     assert metrics.train_ce.iloc[-1] < metrics.train_ce.iloc[0]
@@ -143,10 +145,19 @@ def test_concurrent_writers_of_one_run_are_refused(tmp_path):
         with pytest.raises(RuntimeError, match="in use"):
             with RunLock(tmp_path):
                 pass
-    (tmp_path / "run.lock").write_text("otherhost:1")
-    with pytest.raises(RuntimeError, match="in use by otherhost"):
-        with RunLock(tmp_path):
-            pass
+    held = subprocess.Popen([sys.executable, "-c", "import sys, time; from benchmarks.rundir import RunLock\n"
+                             f"with RunLock({str(tmp_path)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert held.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match="in use by another process"):
+            with RunLock(tmp_path):
+                pass
+    finally:
+        held.kill()
+        held.wait()
+    with RunLock(tmp_path):  # the dead holder's lock went with it: the run is free again
+        pass
 
 
 def test_missing_data_names_the_file(tmp_path):
@@ -192,7 +203,7 @@ def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     proc.wait()
     assert len(metrics.read_text().splitlines()) == 5 and not (metrics.parent / "summary.json").exists()
     assert (metrics.parent / "checkpoint.pt").exists()
-    assert (metrics.parent / "run.lock").exists()  # left behind by the killed process
+    assert (metrics.parent / "run.lock").exists()  # the killed process's lock file, no longer held
     subprocess.run(command(tmp_path / "killed"), cwd=REPO, check=True, capture_output=True, timeout=300)
     subprocess.run(command(tmp_path / "clean"), cwd=REPO, check=True, capture_output=True, timeout=300)
     killed = pd.read_csv(metrics)

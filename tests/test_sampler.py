@@ -1,5 +1,5 @@
 """The search's sampler: distinct settings within a study, independent draws across studies and
-workers, and a search reproducible from its seed (scripts/sampler.py, scripts/tune.py)."""
+workers, and a search reproducible from its seed (benchmarks/tuning/sampler.py, scripts/tune.py)."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,10 @@ import math
 import optuna
 import pytest
 
-import scripts.tune as tune
-from scripts.sampler import SAMPLER_NAME, KeyedTPESampler, distributions
-from scripts.tune import Protocol, Search
+import benchmarks.tuning.search as tune
+from benchmarks.tuning.sampler import SAMPLER_NAME, KeyedTPESampler, distributions
+from benchmarks.tuning.protocol import Protocol
+from benchmarks.tuning.search import Search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -93,7 +94,7 @@ def _trial(number, keyed=None, fixed=False):
 def test_the_sampler_description_is_read_from_the_trials_not_from_the_code():
     """A tuned config names the sampler that drew its study's trials: a study begun with the older
     count-seeded sampler says so even when today's code exports it; enqueued settings count for neither."""
-    from scripts.sampler import describe
+    from benchmarks.tuning.sampler import describe
     keyed = describe([_trial(0, keyed=True), _trial(1, keyed=True), _trial(2, fixed=True)], 5, 0)
     assert keyed.endswith("each trial drawn from a stream keyed by seed 0, study and trial number")
     old = describe([_trial(0), _trial(1), _trial(2, fixed=True)], 5, 7)
@@ -106,5 +107,5 @@ def test_the_sampler_description_is_read_from_the_trials_not_from_the_code():
 def test_a_fresh_search_exports_the_keyed_description(tmp_path):
     s = search(tmp_path, trials=3)
     run_search(s, 3)
-    from scripts.sampler import describe
+    from benchmarks.tuning.sampler import describe
     assert describe(s.trials(), 3, 0).endswith("keyed by seed 0, study and trial number")

@@ -17,7 +17,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from scripts.storage import fail_lost_trials, heartbeat, open_storage, retried_trial_number, study_trial_id
+from benchmarks.tuning.storage import fail_lost_trials, heartbeat, open_storage, retried_trial_number, study_trial_id
 from tests.tiny import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks import sensitivity
+from benchmarks.reporting import sensitivity
 from benchmarks.results import load_runs
-from scripts import tuning_report
+from benchmarks.reporting import tuning_report
 
 WINNER = {"lr": 0.01, "gamma": 10.0, "inner_steps": 5}
 

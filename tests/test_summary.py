@@ -8,7 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from scripts import summary
+from benchmarks.reporting import summary
+from scripts import summary as summary_cli
 from benchmarks.results import load_runs, run_devices
 from tests.fixtures import make_results
 
@@ -22,7 +23,7 @@ def results(tmp_path_factory):
 
 
 def _run(results, out, *extra):
-    code = summary.main(["--results", str(results), "--group", "default", "--out", str(out), *extra])
+    code = summary_cli.main(["--results", str(results), "--group", "default", "--out", str(out), *extra])
     table = pd.read_csv(out / "summary.csv").set_index(["dataset", "optimizer"])
     return code, table, (out / "summary.md").read_text(), out
 
@@ -149,12 +150,12 @@ def test_failed_render_leaves_previous_files_intact(results, tmp_path, monkeypat
     before = (tmp_path / "summary.csv").read_text()
     monkeypatch.setattr(summary, "markdown", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        summary.main(["--results", str(results), "--out", str(tmp_path)])
+        summary_cli.main(["--results", str(results), "--out", str(tmp_path)])
     assert (tmp_path / "summary.csv").read_text() == before
 
 
 def test_no_runs_exits_1_with_a_clear_message(tmp_path, capsys):
-    assert summary.main(["--results", str(tmp_path), "--group", "default"]) == 1
+    assert summary_cli.main(["--results", str(tmp_path), "--group", "default"]) == 1
     assert "no runs found" in capsys.readouterr().err
     assert not (tmp_path / "summary.md").exists()
 
@@ -167,7 +168,7 @@ def test_a_learning_rate_sweep_gives_one_row_per_learning_rate(tmp_path):
     for lr, final in ((1e-4, 40.0), (3e-4, 30.0), (1e-3, 50.0)):
         for seed in range(3):
             write_run(tmp_path, "curves_synth", "adam", seed, [100, 60, final + seed], lr=lr)
-    assert summary.main(["--results", str(tmp_path), "--group", "default"]) == 0
+    assert summary_cli.main(["--results", str(tmp_path), "--group", "default"]) == 0
     table = pd.read_csv(tmp_path / "summaries" / "default" / "summary.csv")
     assert list(table["configuration"]) == ["Adam lr=0.0001", "Adam lr=0.0003", "Adam lr=0.001"]
     assert list(table["n_seeds"]) == [3, 3, 3]

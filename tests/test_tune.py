@@ -21,8 +21,9 @@ from benchmarks.config import compose_config
 from benchmarks.rundir import run_dir_for
 from benchmarks.train import train
 from benchmarks.workloads import WORKLOADS
-from scripts.storage import GRACE_PERIOD_S, retried_trial_number
-from scripts.tune import Protocol, Search, overrides_for
+from benchmarks.tuning.storage import GRACE_PERIOD_S, retried_trial_number
+from benchmarks.tuning.protocol import Protocol
+from benchmarks.tuning.search import Search, overrides_for
 from tests.halting import start_halting, wait_until_halted
 from tests.tiny import TINY_RUN, tiny_run
 
@@ -166,7 +167,7 @@ def test_resumed_trial_is_not_judged_again_at_rungs_it_already_passed(tmp_path, 
     epoch 7; a better trial reaches the rungs meanwhile. The retry replays the passed rungs but must
     go on, as the uninterrupted trial would have: before, it was pruned on replay, so a search's
     outcome depended on when workers died."""
-    import scripts.tune as tune
+    import benchmarks.tuning.search as tune
 
     search = tiny_search(tmp_path, trials=2, grace_period=1)
     weak, good = {"optimizer.lr": 0.005}, {"optimizer.lr": 0.05}
@@ -246,8 +247,8 @@ def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path
     """A loaded machine delays a live trial's heartbeat past the grace period: another worker fails
     it and enqueues it again. The live worker must then stop at its next epoch (not crash, not tell),
     leaving the run's checkpoint to the retry, which resumes it to the uninterrupted numbers."""
-    import scripts.tune as tune
-    from scripts.storage import fail_lost_trials, study_trial_id
+    import benchmarks.tuning.search as tune
+    from benchmarks.tuning.storage import fail_lost_trials, study_trial_id
 
     search = tiny_search(tmp_path, trials=1, seeds=1, grace_period=1)
     search.study.enqueue_trial({"optimizer.lr": 0.05})
@@ -289,7 +290,7 @@ def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path
 
 
 def test_a_seed_stopped_by_a_signal_ends_the_worker_and_resumes_next_time(tmp_path, monkeypatch):
-    import scripts.tune as tune
+    import benchmarks.tuning.search as tune
 
     search = tiny_search(tmp_path, trials=1, seeds=2)
     assert search.step() == "trial"

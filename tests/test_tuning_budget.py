@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import tuning_budget as tb
+from benchmarks.reporting import tuning_budget as tb
 
 VALUES = [3.0, 1.0, 2.0, 2.0, math.inf, 5.0, 1.0]  # ties, and one diverged trial
 

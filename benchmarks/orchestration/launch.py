@@ -69,18 +69,27 @@ def spawn_processes(module: str, argv: list[str], n: int) -> list[subprocess.Pop
     return [subprocess.Popen([sys.executable, "-m", module, *worker_argv(argv)]) for _ in range(n)]
 
 
-def submit(entry, argv: list[str], settings: LaunchSettings, results: str | Path) -> list:
-    """A submitit job array of `settings.workers` tasks, each calling `entry(worker_argv(argv))`."""
+def submitit_executor(settings: LaunchSettings, results: str | Path, name: str, parallelism: int | None = None):
+    """The one submitit set-up of the harness (SLURM, or its local executor): a search's or a
+    campaign's workers and a plan's runs are all submitted through it."""
     try:
         import submitit
     except ModuleNotFoundError:
-        raise SystemExit("--launcher local/slurm needs submitit: pip install 'locoprop-bench[slurm]'") from None
+        raise SystemExit("--launcher local/slurm needs submitit: pip install 'locoprop-bench[dev]'") from None
     folder = Path(settings.submitit_folder or Path(results) / "submitit") / "%j"
     executor = submitit.AutoExecutor(folder=str(folder), cluster="local" if settings.launcher == "local" else "slurm")
     executor.update_parameters(timeout_min=settings.time_min, gpus_per_node=settings.gpus_per_worker,
-                               cpus_per_task=settings.cpus_per_worker, name="locoprop-tune")
+                               cpus_per_task=settings.cpus_per_worker, name=name)
     if settings.launcher == "slurm":
-        executor.update_parameters(slurm_partition=settings.partition, slurm_array_parallelism=settings.workers)
+        executor.update_parameters(slurm_partition=settings.partition)
+        if parallelism:
+            executor.update_parameters(slurm_array_parallelism=parallelism)
+    return executor
+
+
+def submit(entry, argv: list[str], settings: LaunchSettings, results: str | Path) -> list:
+    """A submitit job array of `settings.workers` tasks, each calling `entry(worker_argv(argv))`."""
+    executor = submitit_executor(settings, results, "locoprop-worker", parallelism=settings.workers)
     jobs = executor.map_array(entry, [worker_argv(argv)] * settings.workers)
     print(f"[launch] {len(jobs)} worker jobs ({settings.launcher}): {', '.join(str(j.job_id) for j in jobs)}", flush=True)
     return jobs

@@ -5,8 +5,8 @@ and how its row is judged. `scripts/compare.py` runs it; this module holds the r
   class or factory in the user's own module (`mypkg.opt.MyOpt`); the latter gets a config written
   into the comparison's folder, found by the runs through a Hydra search path, so the checkout is
   never written to.
-- Without a search space it gets the default one (`benchmarks.optimizers.default_search_space`).
-- The protocol is the committed rows' (`benchmarks.reference.reference_protocol`), or the quick one
+- Without a search space it gets the default one (`benchmarks.tuning.space.default_search_space`).
+- The protocol is the committed rows' (`benchmarks.tuning.protocol.read_protocol`), or the quick one
   (`quick_protocol`): a first look, not comparable with the reference.
 - The verdict against the best committed row uses a paired t-test by seed where seed k of every
   optimizer trains on the same data (a generated stand-in regenerates its data from the seed), and
@@ -27,14 +27,13 @@ import yaml
 from hydra.utils import get_object
 
 from benchmarks.config import CONFIG_DIR, compose_config
-from benchmarks.optimizers import (FAMILY_ORDER, config_path, default_search_space, optimizer_config, optimizer_info,
-                                   optimizer_names, search_space, search_space_path)
-from benchmarks.reference import ReferenceProtocol
+from benchmarks.optimizers import FAMILY_ORDER, config_path, optimizer_config, optimizer_info, optimizer_names
+from benchmarks.tuning.space import default_search_space, search_space, search_space_path
+from benchmarks.tuning.protocol import Protocol
 from benchmarks.rundir import atomic_write_text
-from benchmarks.schedule import Schedule
-from benchmarks.statistics import seed_test
+from benchmarks.reporting.statistics import seed_test
 from benchmarks.tables import DASH, fmt
-from benchmarks.workloads import get_workload, load_dataset
+from benchmarks.workloads import get_workload, load_dataset, run_steps as steps_of
 
 REPO = CONFIG_DIR.parent
 WORKLOADS = ("mnist", "faces_synth", "curves_synth")  # the committed reference's workloads
@@ -47,17 +46,14 @@ QUICK_NOTE = ("quick protocol (fewer trials, one seed, short runs on a small tra
 
 # ----------------------------------------------------------------------------- the protocol
 
-def quick_protocol(reference: ReferenceProtocol) -> ReferenceProtocol:
+def quick_protocol(reference: Protocol) -> Protocol:
     """The reference protocol shrunk to a first look: fewer trials, one seed, short runs."""
     return dataclasses.replace(reference, **QUICK)
 
 
-def run_steps(dataset: str, protocol: ReferenceProtocol) -> int:
+def run_steps(dataset: str, protocol: Protocol) -> int:
     """Optimizer steps of one full run under the protocol (steps per epoch x trained epochs)."""
-    cfg = compose_config([f"dataset={dataset}", *protocol.overrides])
-    n_train = cfg.dataset.n_train or get_workload(dataset).n_train
-    epochs = Schedule.from_config(cfg.schedule, int(cfg.epochs)).trained_epochs(cfg.stop_epoch)
-    return n_train // int(cfg.batch_size) * epochs
+    return steps_of(compose_config([f"dataset={dataset}", *protocol.overrides]))
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -98,7 +94,7 @@ def default_lr(target: Any) -> float | None:
 
 
 def read_space(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A search space file (the format of benchmarks/search_spaces/<name>.yaml), checked."""
+    """A search space file (the format of benchmarks/tuning/search_spaces/<name>.yaml), checked."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--space: no file {path}")
@@ -184,7 +180,7 @@ def committed_ms(bench: dict[tuple[str, str, int], float], dataset: str,
     return {o: bench[(arch, o, 1000)] for o in optimizers if (arch, o, 1000) in bench}
 
 
-def plan_line(dataset: str, protocol: ReferenceProtocol, ms: float | None, committed: dict[str, float],
+def plan_line(dataset: str, protocol: Protocol, ms: float | None, committed: dict[str, float],
               labels: dict[str, str]) -> tuple[str, float | None]:
     """One workload of the plan: runs, steps, the new optimizer's ms/step beside the committed rows',
     and the cost (every trial priced at full length: an upper bound, pruning cuts most short)."""

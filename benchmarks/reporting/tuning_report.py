@@ -1,12 +1,12 @@
 """The report's part on how hard each optimizer is to tune: tuning-budget curves from the committed
-studies and learning-rate sensitivity from the runs of group `sensitivity` (called by scripts.report).
+studies and learning-rate sensitivity from the runs of group `sensitivity` (called by benchmarks.reporting.report).
 
 Per workload it draws `<dataset>/figures/<dataset>_tuning_budget.{png,pdf}` (the expected best
 objective after k trials, every optimizer, the 10-90% band shaded) and
 `<dataset>/figures/<dataset>_sensitivity.{png,pdf}` (final train loss against the multiplier of the
 learning rate, and LocoProp's gamma and inner steps), with `tuning_provenance.json` beside them;
-it returns the generated blocks of docs/results.md. The numbers come from benchmarks.tuning_budget
-and benchmarks.sensitivity.
+it returns the generated blocks of docs/results.md. The numbers come from benchmarks.reporting.tuning_budget
+and benchmarks.reporting.sensitivity.
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from matplotlib.ticker import FixedLocator, LogLocator, MaxNLocator, NullFormatt
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks import sensitivity, tuning_budget  # noqa: E402
+from benchmarks.reporting import sensitivity, tuning_budget  # noqa: E402
 from benchmarks.results import WORKLOAD_ORDER, workload_of, write_json  # noqa: E402
 from benchmarks.figure_files import figure_style  # noqa: E402
-from scripts.figures import FULL_WIDTH, ordered, save_figure, style_for  # noqa: E402
+from benchmarks.reporting.figures import FULL_WIDTH, ordered, save_figure, style_for  # noqa: E402
 
 EDGE = 1.04  # clipped points (an infinite expected best, a diverged or stalled run) sit this far above the top
 

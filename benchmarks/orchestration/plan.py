@@ -13,8 +13,9 @@ and starts no other (`benchmarks.cli.Interrupted` ends the executor).
 - `InProcess`: one run after the other in this process (reproduce, the ablations, the demo);
 - `Processes(n, gpus)`: n `python -m benchmarks.train` processes at a time; with `gpus`, slot k
   runs on `CUDA_VISIBLE_DEVICES=gpus[k % len(gpus)]` (one worker per GPU of a box with several);
-- `Submitit(settings)`: one job per run through submitit (SLURM, or its local executor).
-The tuner's workers (scripts/tune.py) are started by the same launcher module (scripts/launch.py).
+- `Submitit(settings, results)`: one job per run through submitit (SLURM, or its local executor), set up
+  by the same `launch.submitit_executor` as the search workers.
+The tuner's workers (scripts/tune.py) are started by the same launcher module (benchmarks/orchestration/launch.py).
 """
 from __future__ import annotations
 
@@ -31,17 +32,17 @@ from typing import Iterable
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.benchtable import REPO_BENCH, BenchChoice, choose_table, format_duration, price_step
+from benchmarks.benchtable import REPO_BENCH, BenchChoice, choose_table, format_duration, price_run
 from benchmarks.cli import Interrupted
 from benchmarks.config import compose_config
 from benchmarks.preflight import data_problem, fetch_command, problems
 from benchmarks.results import read_summary
 from benchmarks.rundir import FINAL_STATUSES, cpu_model, device_name, run_dir_for
-from benchmarks.schedule import Schedule
 from benchmarks.train import resolve_device, train
-from benchmarks.workloads import get_workload
+from benchmarks.workloads import run_steps
+from benchmarks.orchestration.launch import LaunchSettings, submitit_executor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STOP_GRACE_S = 60  # after SIGTERM, how long a run has to write its summary before it is killed
 
 
@@ -68,10 +69,7 @@ class PlannedRun:
 
     def steps(self) -> int:
         """Optimizer steps of the whole run (steps per epoch x trained epochs)."""
-        cfg = self.cfg
-        n_train = cfg.dataset.n_train or get_workload(cfg.dataset.name).n_train
-        epochs = Schedule.from_config(cfg.schedule, int(cfg.epochs)).trained_epochs(cfg.stop_epoch)
-        return n_train // int(cfg.batch_size) * epochs
+        return run_steps(self.cfg)
 
 
 def target_device(runs: Iterable[PlannedRun], threads: int | None = None) -> str:
@@ -110,10 +108,7 @@ class Plan:
         """Per run: (seconds or None, the batch size of the bench figure used)."""
         out = {}
         for run in self.runs:
-            cfg = run.cfg
-            step_ms, measured_at = price_step(ms, get_workload(cfg.dataset.name).architecture, cfg.optimizer.name,
-                                              int(cfg.batch_size))
-            out[run.label] = (None if step_ms is None else step_ms * run.steps() / 1e3, measured_at)
+            out[run.label] = price_run(ms, run.cfg)
         return out
 
     def batch_note(self, ms: dict) -> list[str]:
@@ -279,18 +274,11 @@ def train_overrides(overrides: list[str]) -> str:
 class Submitit:
     """One submitit job per run (SLURM, or the local executor); each job ends by its own time limit."""
 
-    def __init__(self, settings, folder: Path):
-        self.settings, self.folder = settings, folder
+    def __init__(self, settings: LaunchSettings, results: str | Path):
+        self.settings, self.results = settings, results
 
     def run(self, plan: Plan, deadline: float | None = None) -> dict[str, str]:
-        import submitit
-
-        executor = submitit.AutoExecutor(folder=str(self.folder / "%j"),
-                                         cluster="local" if self.settings.launcher == "local" else "slurm")
-        executor.update_parameters(timeout_min=self.settings.time_min, gpus_per_node=self.settings.gpus_per_worker,
-                                   cpus_per_task=self.settings.cpus_per_worker, name="locoprop-run")
-        if self.settings.launcher == "slurm":
-            executor.update_parameters(slurm_partition=self.settings.partition)
+        executor = submitit_executor(self.settings, self.results, "locoprop-run")
         jobs = executor.map_array(train_overrides, [run.overrides for run in plan.runs])
         statuses = {}
         for run, job in zip(plan.runs, jobs):
@@ -309,5 +297,5 @@ def executor_for(name: str, workers: int = 1, gpus: list[int] | None = None, log
     if name == "processes":
         return Processes(len(gpus) if gpus else workers, gpus, logs)
     if name in ("local", "slurm"):
-        return Submitit(settings, Path(results) / "submitit")
+        return Submitit(settings, results)
     raise SystemExit(f"unknown executor {name!r}: inprocess, processes, local or slurm")
