@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from benchmarks.config import CONFIG_DIR, compose_group, unknown_name
 
 HARNESS_KEYS = ("name", "label", "family", "paper", "style", "extra")  # read by the harness, not passed on
-FAMILY_ORDER = ("first_order", "second_order", "local_loss", "target_propagation", "modern", "other")
+FAMILY_ORDER = ("first_order", "second_order", "local_loss", "target_propagation", "modern", "other")  # the paper's lists
+LEGEND_ORDER = ("local_loss", "second_order", "first_order", "target_propagation", "modern", "other")  # figures, tables
 FAMILY_LABELS = {"first_order": "first-order", "second_order": "second-order", "local_loss": "local losses (LocoProp)",
                  "target_propagation": "target propagation", "modern": "modern (not in the paper)", "other": "other"}
 # Defaults of `style` by family: a dash pattern and a marker; the colour comes from the label.
@@ -125,6 +126,17 @@ def family_sorted(names) -> list[str]:
     """Optimizers by family (FAMILY_ORDER), then by name."""
     infos = [optimizer_info(n) for n in names]
     return [i["name"] for i in sorted(infos, key=lambda i: (FAMILY_ORDER.index(i["family"]), i["name"]))]
+
+
+def legend_sorted(names) -> list[str]:
+    """Legend and table order: LocoProp first, then second-order, first-order, the relatives, the
+    rest (LEGEND_ORDER); by name within a family; names without a config last."""
+    def key(name: str) -> tuple[int, str]:
+        try:
+            return LEGEND_ORDER.index(optimizer_info(name)["family"]), name
+        except ValueError:
+            return len(LEGEND_ORDER), name
+    return sorted(set(names), key=key)
 
 
 def label(name: str) -> str:

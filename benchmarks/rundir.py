@@ -23,13 +23,15 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from benchmarks.optimizers import HARNESS_KEYS
+from benchmarks.workloads import FACT_KEYS
+
 # Keys that do not change what is trained, so they stay out of the run id.
 BOOKKEEPING_KEYS = ("logger", "results_dir", "progress", "group", "resume", "stop_epoch", "eval_batch_size",
                     "throwaway_steps", "eval_every", "tuned_source", "hydra", "device")
-# facts about a data set (benchmarks.workloads.FACT_KEYS), identified by its name
-BOOKKEEPING_DATASET_KEYS = ("root", "download", "order", "label", "paper", "stand_in_for", "loader", "data_dir", "architecture",
-                            "loss", "image_shape", "tuning_exits")
-BOOKKEEPING_OPTIMIZER_KEYS = ("label", "family", "paper", "style", "extra")  # benchmarks.optimizers.HARNESS_KEYS but the name
+# where a data set's files are, and the facts about it: it is identified by its name
+BOOKKEEPING_DATASET_KEYS = ("root", "download", *FACT_KEYS)
+BOOKKEEPING_OPTIMIZER_KEYS = tuple(k for k in HARNESS_KEYS if k != "name")  # the name identifies the optimizer
 FINAL_STATUSES = ("finished", "diverged")  # a run in one of these is never run again
 STATUSES = ("running", "finished", "stopped", "pruned", "diverged", "failed")
 REPO_ROOT = Path(__file__).resolve().parents[1]

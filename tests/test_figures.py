@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.figure_files import figure_style
-from benchmarks.optimizers import optimizer_names
+from benchmarks.optimizers import legend_sorted, optimizer_names
 from benchmarks.reporting import figures
 from scripts import figures as figures_cli
 from benchmarks.results import load_runs
@@ -193,7 +193,7 @@ def test_styles_are_fixed_distinct_and_locoprop_stands_out():
     widths = {name: figures.style_for(name)["linewidth"] for name in names}
     assert min(widths["locoprop_s"], widths["locoprop_m"]) > max(w for n, w in widths.items() if "locoprop" not in n)
     assert figures.style_for("unknown_opt")["label"] == "unknown_opt"
-    assert figures.ordered(["sgd", "zzz", "locoprop_m", "adam"]) == ["locoprop_m", "adam", "sgd", "zzz"]
+    assert legend_sorted(["sgd", "zzz", "locoprop_m", "adam"]) == ["locoprop_m", "adam", "sgd", "zzz"]
 
 
 @pytest.mark.parametrize("losses", [[545, 200, 90, 60, 50], [545, 300, 200, 150, 136], [60, 55, 52, 51, 50]])

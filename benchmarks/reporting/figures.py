@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.figure_files import figure_style, save_figure as save_files  # noqa: E402
+from benchmarks.optimizers import legend_sorted  # noqa: E402
 from benchmarks.results import (HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step,  # noqa: E402
                                 default_style, family_of, load_reconstructions, load_runs_or_explain, optimizer_info, optimizer_label, provenance, run_record,
                                 setting_name, setting_text, varying_settings, workload_of, write_json)
@@ -113,20 +114,6 @@ def _diverged_keys(axes: Iterable) -> list[Line2D]:
     return keys + ([_above_key()] if any(line.get_gid() == ABOVE_GID for line in lines) else [])
 
 
-LEGEND_FAMILIES = ("local_loss", "second_order", "first_order", "target_propagation", "modern", "other")
-
-
-def ordered(optimizers: Iterable[str]) -> list[str]:
-    """Legend order: LocoProp first, then second-order, first-order, the relatives, the rest; by
-    name within a family; names without a config last."""
-    def key(name: str) -> tuple[int, str]:
-        try:
-            return LEGEND_FAMILIES.index(optimizer_info(name)["family"]), name
-        except ValueError:
-            return len(LEGEND_FAMILIES), name
-    return sorted(set(optimizers), key=key)
-
-
 # ---------------------------------------------------------------- time axis
 
 
@@ -154,7 +141,7 @@ def _configs(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame, dict[str, Any]
     """(label, runs, line style) per configuration, optimizers in palette order; several
     configurations of one optimizer share its colour and get different dashes."""
     out = []
-    for optimizer in ordered(runs["optimizer"]):
+    for optimizer in legend_sorted(runs["optimizer"]):
         own = runs[runs["optimizer"] == optimizer]
         ids = list(dict.fromkeys(own["config_id"]))
         for k, config_id in enumerate(ids):
@@ -362,7 +349,7 @@ def overview_figure(runs: pd.DataFrame, metrics: pd.DataFrame, time_axis: str = 
     # differ, and it keeps one look, so one entry per optimizer
     per_dataset = max(runs.groupby(["dataset", "optimizer"])["config_id"].nunique(), default=1)
     entries = _configs(runs) if per_dataset > 1 else [(style_for(o)["label"], None, style_for(o))
-                                                      for o in ordered(runs["optimizer"])]
+                                                      for o in legend_sorted(runs["optimizer"])]
     handles = [Line2D([], [], label=label, markersize=3.5,
                       **{k: v for k, v in style.items() if k not in ("zorder", "label")})
                for label, _, style in entries]
@@ -390,12 +377,12 @@ def step_time_table(runs: pd.DataFrame, bench: dict | None = None) -> pd.DataFra
         if not len(timed):
             return pd.DataFrame()
         table = timed.pivot_table(index="dataset", columns="optimizer", values="ms", aggfunc="first")
-        return table.loc[dataset_order(table.index), ordered(table.columns)]
+        return table.loc[dataset_order(table.index), legend_sorted(table.columns)]
     timed = runs[np.isfinite(runs["step_ms_median"].to_numpy(float))] if "step_ms_median" in runs else runs[:0]
     if not len(timed):
         return pd.DataFrame()
     table = timed.pivot_table(index="dataset", columns="optimizer", values="step_ms_median", aggfunc="median")
-    return table.loc[dataset_order(table.index), ordered(table.columns)]
+    return table.loc[dataset_order(table.index), legend_sorted(table.columns)]
 
 
 def step_time_figure(runs: pd.DataFrame, bench: dict | None = None, bench_device: str | None = None):
@@ -513,7 +500,7 @@ def final_scores(runs: pd.DataFrame) -> pd.DataFrame:
                 best = min(best, float(values.mean()))
         scores[(dataset, optimizer)] = best
     table = pd.Series(scores).unstack()
-    return table[ordered(table.columns)]
+    return table[legend_sorted(table.columns)]
 
 
 # ---------------------------------------------------------------- ablations
@@ -701,7 +688,7 @@ def comparison_captions(runs: pd.DataFrame, bench_path: Path) -> dict[str, str]:
                                         f"{_seeds_text(field)}, the band their min..max. " + common)
     modern = split["modern_comparison"]
     if len(modern):
-        names = ", ".join(optimizer_label(o) for o in ordered(modern.loc[is_modern(modern["optimizer"]), "optimizer"]))
+        names = ", ".join(optimizer_label(o) for o in legend_sorted(modern.loc[is_modern(modern["optimizer"]), "optimizer"]))
         reference = "; ".join(f"{workload_of(d).label}: {', '.join(optimizer_label(o) for o in best)}"
                               for d, best in sorted(field_best(runs).items(), key=lambda kv: datasets.index(kv[0]))
                               if best)

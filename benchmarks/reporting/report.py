@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.optimizers import legend_sorted
 from benchmarks.results import (DASH, HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, family_of, fmt,
                                 fmt_mean_std, load_runs, mean_std, optimizer_info, optimizer_names, provenance,
                                 optimizer_label, rank_text, ranked, run_record, workload_of, write_json, write_text)
@@ -384,7 +385,7 @@ def comparison_table(all_results: list[WorkloadResults]) -> pd.DataFrame:
             row["workloads"] += 1
             row["within_5pct"] += int(math.isfinite(mean) and mean <= 1.05 * best)
     frame = pd.DataFrame(list(rows.values()))
-    order = figures.ordered(frame["optimizer"])
+    order = legend_sorted(frame["optimizer"])
     return frame.set_index("optimizer").loc[order].reset_index()
 
 
@@ -504,7 +505,7 @@ def tuning_table(studies: list[dict]) -> str:
             "draws shared with other studies", "winner", "edge of the search space"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sorted(studies, key=lambda s: (WORKLOAD_ORDER.index(s["dataset"]) if s["dataset"] in WORKLOAD_ORDER
-                                            else 99, figures.ordered([s["optimizer"]]), s["optimizer"])):
+                                            else 99, legend_sorted([s["optimizer"]]), s["optimizer"])):
         v = study_verdicts(s)
         budget = (s.get("protocol") or {}).get("trials")
         winner = s.get("winner")
@@ -574,7 +575,7 @@ def search_space_table() -> str:
     """Every optimizer's search space, from benchmarks/tuning/search_spaces/ (or the default around its lr)."""
     head = ["optimizer", "family", "searched settings"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name in figures.ordered(optimizer_names()):
+    for name in legend_sorted(optimizer_names()):
         info = optimizer_info(name)
         parts = []
         for key, spec in search_space(name).items():

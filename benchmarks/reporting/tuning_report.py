@@ -26,7 +26,8 @@ import pandas as pd  # noqa: E402
 from benchmarks.reporting import sensitivity, tuning_budget  # noqa: E402
 from benchmarks.results import WORKLOAD_ORDER, workload_of, write_json  # noqa: E402
 from benchmarks.figure_files import figure_style  # noqa: E402
-from benchmarks.reporting.figures import FULL_WIDTH, ordered, save_figure, style_for  # noqa: E402
+from benchmarks.optimizers import legend_sorted
+from benchmarks.reporting.figures import FULL_WIDTH, save_figure, style_for  # noqa: E402
 
 EDGE = 1.04  # clipped points (an infinite expected best, a diverged or stalled run) sit this far above the top
 
@@ -60,7 +61,7 @@ def budget_figure(dataset: str, curves: dict[str, pd.DataFrame], reference: tupl
     band shaded), the others' curves in grey behind it, one shared log axis."""
     if not curves:
         return None
-    names = ordered(curves)
+    names = legend_sorted(curves)
     columns = 4
     rows = math.ceil(len(names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(FULL_WIDTH, 1.6 * rows + 0.9), sharex=True, sharey=True,
@@ -99,7 +100,7 @@ def budget_figure(dataset: str, curves: dict[str, pd.DataFrame], reference: tupl
 def _sensitivity_panel(ax, points: pd.DataFrame, title: str, xlabel: str) -> None:
     finished = points.loc[points["state"] == "finished", "final"].to_numpy(float)
     _, top = _log_y(ax, finished)
-    for optimizer in ordered(points["optimizer"]):
+    for optimizer in legend_sorted(points["optimizer"]):
         own, style = points[points["optimizer"] == optimizer].sort_values("multiplier"), style_for(optimizer)
         kw = {k: style[k] for k in ("color", "linestyle", "linewidth", "zorder") if k in style}
         good = own[own["state"] == "finished"]
@@ -159,7 +160,7 @@ def blocks(all_results: list, studies: list[dict[str, Any]], target_root: Path, 
     `all_results`: the report's workloads (name, folder, runs, table)."""
     references = {r.name: best_final(r.table, r.name) for r in all_results}
     rows = tuning_budget.budget_rows(studies, references)
-    budget_text = (tuning_budget.budget_markdown(rows, ordered(rows["optimizer"])) if len(rows)
+    budget_text = (tuning_budget.budget_markdown(rows, legend_sorted(rows["optimizer"])) if len(rows)
                    else "No study yet.")
     sections = []
     winners = {(s["dataset"], s["optimizer"]): (s.get("winner") or {}).get("params", {}) for s in studies}
