@@ -64,6 +64,13 @@ def _stop_run(signum, frame):
     raise StopRun(f"stopped by signal {signal.Signals(signum).name}", signum)
 
 
+def _signal_named(reason: str) -> int | None:
+    """The signal a stop reason names ('stopped by signal SIGTERM'), when a re-raise lost its number."""
+    name = reason.removeprefix("stopped by signal ").strip()
+    return int(signal.Signals[name]) if reason.startswith("stopped by signal ") and name in signal.Signals.__members__ \
+        else None
+
+
 class RunFailed(RuntimeError):
     """A run ended with status 'failed' (its summary.json says why)."""
 
@@ -403,8 +410,9 @@ def train(cfg: DictConfig, on_epoch: OnEpoch | None = None) -> dict[str, Any]:
             except StopRun as stop:
                 while isinstance(stop.__cause__, StopRun):  # OmegaConf re-raises a signal it caught, wordier
                     stop = stop.__cause__
-                status, reason = "stopped", f"{stop} after epoch {run.rows[-1]['epoch'] if run.rows else 0}"
-                signum = stop.signum
+                said = str(stop).splitlines()[0] if str(stop) else "stopped"  # without what OmegaConf may add
+                status, reason = "stopped", f"{said} after epoch {run.rows[-1]['epoch'] if run.rows else 0}"
+                signum = stop.signum if stop.signum is not None else _signal_named(said)
             except Exception as err:  # noqa: BLE001 - record, then let the caller decide
                 diverged = _numerical_failure(err, run.model)
                 status = "diverged" if diverged else "failed"

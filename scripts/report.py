@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmarks.results import bench_device
 from benchmarks.tuning.protocol import BENCH, ROOT
 from benchmarks.reporting.report import report
 
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
                         "in place (the same relative paths; the drift test uses it)")
     parser.add_argument("--no-figures", dest="draw", action="store_false", help="tables and text only")
     args = parser.parse_args(argv)
+    device = bench_device(args.bench) if args.bench.is_file() else None
+    whose = ", the reference's, committed" if args.bench == BENCH else ""
+    print(f"[report] every time axis is priced by one quiet bench table: {args.bench.as_posix()} "
+          f"({device or 'unknown device'}){whose}", flush=True)
     report(args.root, args.bench, args.out, args.draw)
     return 0
 
