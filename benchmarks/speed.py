@@ -36,6 +36,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.tables import md_head, md_row
 from benchmarks.config import compose_config
 from benchmarks.figure_files import figure_style, save_figure
 from benchmarks.models import build_autoencoder
@@ -230,8 +231,8 @@ def markdown_table(rows: list[dict[str, Any]], device: str, peak: float) -> str:
         return str(value)
 
     lines = [f"Device: {device}; measured float32 matmul peak {peak:.0f} GFLOP/s; torch {torch.__version__}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fmt(k, r.get(k)) for k in keys) + " |" for r in rows]
+             *md_head(head)]
+    lines += [md_row(fmt(k, r.get(k)) for k in keys) for r in rows]
     return "\n".join(lines) + "\n"
 
 

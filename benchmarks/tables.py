@@ -60,10 +60,19 @@ def rank_text(row: pd.Series) -> str:
     return DASH
 
 
+def md_row(cells) -> str:
+    """One row of a GitHub markdown table (cells already formatted)."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def md_head(head: list[str]) -> list[str]:
+    """The header row and the separator of a GitHub markdown table: every generated table starts here."""
+    return [md_row(head), "|" + "---|" * len(head)]
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A DataFrame as a GitHub markdown table (cells as they are; `|` escaped)."""
     def cell(value) -> str:
         return str(value).replace("|", "\\|")
-    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, "|" + "---|" * len(frame.columns), *rows])
+    rows = [md_row(cell(v) for v in row) for row in frame.itertuples(index=False)]
+    return "\n".join([*md_head([cell(c) for c in frame.columns]), *rows])

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.tables import md_head, md_row
 from benchmarks.optimizers import legend_sorted
 from benchmarks.results import (DASH, HEALTHY, WORKLOAD_ORDER, bench_device, bench_ms_per_step, family_of, fmt,
                                 fmt_mean_std, load_runs, mean_std, optimizer_info, optimizer_names, provenance,
@@ -161,7 +162,7 @@ def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict
     sgd_ms = float(sgd.iloc[0]) if len(sgd) else math.nan
     head = ["rank", "optimizer", "family", "seeds (diverged)", f"final train {unit}", f"final test {unit}",
             "bench ms/step", "x SGD step", "epochs to target", "bench s to target", "tuned setting"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for _, r in table.iterrows():
         info = optimizer_info(r["optimizer"]) if _known(r["optimizer"]) else {"label": r["optimizer"], "family": "other"}
         study = studies.get((results.name, r["optimizer"]))
@@ -169,14 +170,14 @@ def workload_table(results: WorkloadResults, studies: dict[tuple[str, str], dict
         reach = reach_text(r["n_reached_target"], r["n_healthy"])
         marks = (" (stalled)" if r["optimizer"] in stalled else "") + \
             (f" {VERSION_MARK}" if r["optimizer"] in mixed else "")
-        lines.append("| " + " | ".join([
+        lines.append(md_row([
             rank_text(r), info["label"], info["family"].replace("_", "-"), f"{int(r['n_seeds'])} ({int(r['n_diverged'])})",
             fmt_mean_std(r[f"final_{primary}_mean"], r[f"final_{primary}_std"]) + marks,
             fmt_mean_std(r[f"final_{test}_mean"], r[f"final_{test}_std"]),
             fmt(r.get("bench_ms_per_step", math.nan), 0), fmt(r.get("bench_ms_per_step", math.nan) / sgd_ms),
             (fmt(r["epochs_to_target"], 1) + reach) if r["n_reached_target"] else DASH,
             (fmt(r["bench_seconds_to_target"], 0) + reach) if r["n_reached_target"] else DASH,
-            setting]) + " |")
+            setting]))
     target = float(results.table["target"].iloc[0])
     setting = results.setting
     intro = (f"**{results.label}** (`{results.name}`): {setting['steps']:,} steps per run at batch {setting['batch']} "
@@ -229,21 +230,21 @@ def gaps_table(results: WorkloadResults) -> str:
     table = ranked(results.table, primary)
     table = table[table["rank"].notna()]
     head = ["better", "worse", "gap", "standard error", "p", "test", "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     rows = list(table.itertuples(index=False))
     stalled = stalled_rows(results)
     for a, b in zip(rows, rows[1:]):
         fa, fb = finals(results, a.optimizer), finals(results, b.optimizer)
         gap = mean_std(fb.values())[0] - mean_std(fa.values())[0]
         if a.optimizer in stalled and b.optimizer in stalled:
-            lines.append("| " + " | ".join([optimizer_label(a.optimizer), optimizer_label(b.optimizer), fmt(gap), DASH, DASH, DASH,
-                                             "none: both stalled on the plateau"]) + " |")
+            lines.append(md_row([optimizer_label(a.optimizer), optimizer_label(b.optimizer), fmt(gap), DASH, DASH, DASH,
+                                             "none: both stalled on the plateau"]))
             continue
         p, test = seed_test(fa, fb, paired)
         verdict = ("fewer than two seeds: noise unknown" if not math.isfinite(p) else
                    "larger than seed noise" if p < NOISE_P else "within seed noise")
-        lines.append("| " + " | ".join([optimizer_label(a.optimizer), optimizer_label(b.optimizer), fmt(gap),
-                                         fmt(gap_standard_error(fa, fb, paired)), fmt(p, 3), test, verdict]) + " |")
+        lines.append(md_row([optimizer_label(a.optimizer), optimizer_label(b.optimizer), fmt(gap),
+                                         fmt(gap_standard_error(fa, fb, paired)), fmt(p, 3), test, verdict]))
     return "\n".join(lines)
 
 
@@ -310,7 +311,7 @@ def relatives_table(all_results: list[WorkloadResults]) -> str:
     """LocoProp, its relatives (FOOF, DTP) and the best first- and second-order methods on each
     workload, with computed comparisons of the relatives against LocoProp."""
     head = ["workload", "optimizer", "final train loss", "final test loss", "bench ms/step"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     sentences = []
     for results in all_results:
         w = workload_of(results.name)
@@ -324,11 +325,11 @@ def relatives_table(all_results: list[WorkloadResults]) -> str:
             r = table[table["optimizer"] == name].iloc[0]
             note = " (best first-order)" if name == best[0] else " (best second-order)" if name == best[1] else ""
             diverged = f" ({int(r['n_diverged'])}/{int(r['n_seeds'])} diverged)" if r["n_diverged"] else ""
-            lines.append("| " + " | ".join([
+            lines.append(md_row([
                 results.label, optimizer_label(name) + note,
                 fmt_mean_std(r[f"final_{w.primary_metric}_mean"], r[f"final_{w.primary_metric}_std"]) + diverged,
                 fmt_mean_std(r[f"final_{w.test_metric}_mean"], r[f"final_{w.test_metric}_std"]),
-                fmt(r.get("bench_ms_per_step", math.nan), 0)]) + " |")
+                fmt(r.get("bench_ms_per_step", math.nan), 0)]))
         for relative, against in (("dtp", "locoprop_m"), ("foof", "locoprop_s")):
             if relative in families and against in families:
                 verdict, note = compare(results, relative, against)
@@ -341,7 +342,7 @@ def ablation_table(folder: Path) -> str:
     """Each LocoProp ablation of a workload: every setting's final train loss, the lowest named."""
     w = workload_of(folder.name)
     head = ["ablation", "setting", "final train loss", "status"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     best_lines = []
     for group in sorted(p.name for p in (folder / "runs").glob("ablation-*")):
         runs, _ = load_runs(folder, group)
@@ -411,7 +412,7 @@ def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults],
     for results in all_results:
         head += [f"{results.label}: rank", "final train loss", "epochs / bench s to target"]
     head += ["within 5% of the best"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for _, r in frame.iterrows():
         info = optimizer_info(r["optimizer"]) if _known(r["optimizer"]) else {"label": r["optimizer"], "family": "other"}
         cells = [info["label"], info["family"].replace("_", "-")]
@@ -432,7 +433,7 @@ def comparison_markdown(frame: pd.DataFrame, all_results: list[WorkloadResults],
             cells.append(f"{fmt(epochs, 0)} / {fmt(seconds, 0)}"
                          + reach_text(r[f"{n}_n_reached_target"], r[f"{n}_n_healthy"]) if epochs == epochs else DASH)
         cells.append(f"{int(r['within_5pct'])} of {int(r['workloads'])}")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return "\n".join(lines)
 
 
@@ -503,19 +504,19 @@ def tuning_table(studies: list[dict]) -> str:
     shared = shared_draws(studies)
     head = ["data set", "optimizer", "budget", "complete", "pruned (diverged)", "lost, run again", "sampler",
             "draws shared with other studies", "winner", "edge of the search space"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for s in sorted(studies, key=lambda s: (WORKLOAD_ORDER.index(s["dataset"]) if s["dataset"] in WORKLOAD_ORDER
                                             else 99, legend_sorted([s["optimizer"]]), s["optimizer"])):
         v = study_verdicts(s)
         budget = (s.get("protocol") or {}).get("trials")
         winner = s.get("winner")
         sampler = sampler_of(s)
-        lines.append("| " + " | ".join([
+        lines.append(md_row([
             workload_of(s["dataset"]).label, optimizer_label(s["optimizer"]), str(budget), str(v["complete"]),
             f"{v['pruned']} ({v['diverged']})", str(v["lost"]) + (f" ({v['running']} running)" if v["running"] else ""),
             sampler, str(shared[(s["dataset"], s["optimizer"])]),
             (params_text(winner["params"]) + ("" if winner["complete"] else " (no trial completed)")) if winner else DASH,
-            "; ".join(v["edges"]) or "no"]) + " |")
+            "; ".join(v["edges"]) or "no"]))
     return "\n".join(lines)
 
 
@@ -531,7 +532,7 @@ def protocol_table(studies: list[dict]) -> str:
     (one line per distinct protocol, with how many studies used it)."""
     head = ["data set", "studies", "trials per study", "random start-up trials", "pruning rungs (epochs)",
             "full evaluation every", "notebook exits", "sampler seed"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     seen: dict[tuple, int] = {}
     for st in studies:
         p = st.get("protocol") or {}
@@ -548,8 +549,8 @@ def protocol_table(studies: list[dict]) -> str:
     for key, n in sorted(seen.items(), key=lambda kv: (WORKLOAD_ORDER.index(kv[0][0]) if kv[0][0] in WORKLOAD_ORDER
                                                        else 99, str(kv[0]))):
         dataset, trials, startup, rungs, every, exits, seed = key
-        lines.append("| " + " | ".join([workload_of(dataset).label, str(n), str(trials), str(startup), rungs,
-                                         f"{every} epochs", exits, str(seed)]) + " |")
+        lines.append(md_row([workload_of(dataset).label, str(n), str(trials), str(startup), rungs,
+                                         f"{every} epochs", exits, str(seed)]))
     return "\n".join(lines)
 
 
@@ -574,7 +575,7 @@ def sampler_text(studies: list[dict]) -> str:
 def search_space_table() -> str:
     """Every optimizer's search space, from benchmarks/tuning/search_spaces/ (or the default around its lr)."""
     head = ["optimizer", "family", "searched settings"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for name in legend_sorted(optimizer_names()):
         info = optimizer_info(name)
         parts = []
@@ -653,7 +654,7 @@ def folder_readme(all_results: list[WorkloadResults], root: Path) -> str:
         "# The CPU reference comparison", "",
         "Generated by `make report` from the runs in this folder; the results, with commentary, are in",
         "[docs/results.md](../../../docs/results.md).", "",
-        "| path | what |", "|---|---|",
+        *md_head(["path", "what"]),
         "| `<dataset>/tuning/<dataset>/<optimizer>.db` | the Optuna study of each search (every trial, its setting, "
         "its per-epoch running loss, how it ended) |",
         "| `<dataset>/runs/tune/...` | every trial's run: `config.yaml`, `metrics.csv`, `summary.json` |",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.tables import md_head, md_row
 from benchmarks.optimizers import FAMILY_ORDER, optimizer_info
 from benchmarks.results import load_runs, workload_of
 
@@ -154,7 +155,7 @@ def sensitivity_table(points: pd.DataFrame, knobs: tuple[str, ...] | None = None
     multipliers = sorted(set(points["nominal"]) | set(SHOWN) | {1.0})
     head = ["optimizer", "setting"] + [f"x{_fraction(m)}" + (" (final train loss)" if m == 1 else "")
                                        for m in multipliers]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for optimizer in _order(points["optimizer"]):
         own = points[points["optimizer"] == optimizer]
         for knob in sorted(own["knob"].unique(), key=lambda k: (k in LOCOPROP_KNOBS, k)):
@@ -166,7 +167,7 @@ def sensitivity_table(points: pd.DataFrame, knobs: tuple[str, ...] | None = None
                     cells.append(f"{point['final']:,.2f}" if point["state"] != "diverged" else "diverged")
                 else:
                     cells.append(_cell(point, knob))
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(md_row(cells))
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.tables import DASH, fmt_sig
+from benchmarks.tables import DASH, fmt_sig, md_head, md_row
 from benchmarks.results import (HEALTHY, bench_ms_per_step, family_of, load_runs_or_explain, mean_std, provenance,
                                 run_devices, run_record, workload_of, write_json, write_text)
 
@@ -154,7 +154,7 @@ def dataset_table(table: pd.DataFrame) -> str:
     header += ["measured on"] if mixed else []
     header += ["bench ms/step", "bench s to target"] if bench else []
     header += ["reference"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = md_head(header)
     for _, r in table.iterrows():
         cells = [r["configuration"], str(r["n_seeds"]), f"{r['n_diverged']}/{r['n_seeds']}"]
         for loss in losses:
@@ -169,7 +169,7 @@ def dataset_table(table: pd.DataFrame) -> str:
             cells += [fmt_sig(r["bench_ms_per_step"], digits=3),
                       _reach(r["bench_seconds_to_target"], r["n_reached_target"], r["n_healthy"])]
         cells += [reference]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return "\n".join(lines)
 
 

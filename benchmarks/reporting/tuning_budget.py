@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.results import WORKLOAD_ORDER, optimizer_label, workload_of
-from benchmarks.tables import DASH
+from benchmarks.tables import DASH, md_head, md_row
 
 WITHIN = 0.05  # "within 5%": a value at most this fraction above the reference
 NEVER = "never within budget"
@@ -143,7 +143,7 @@ def budget_markdown(rows: pd.DataFrame, order: list[str]) -> str:
     which studies were drawn with common random numbers."""
     head = ["data set", "optimizer", "sampler", "trials (diverged)", "study's best",
             "trials to within 5% of it", "trials to within 5% of the best final loss"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     rank = {name: i for i, name in enumerate(order)}
     rows = rows.assign(_w=[WORKLOAD_ORDER.index(d) if d in WORKLOAD_ORDER else len(WORKLOAD_ORDER) for d in rows["dataset"]],
                        _o=[rank.get(o, len(rank)) for o in rows["optimizer"]]).sort_values(["_w", "_o", "optimizer"])
@@ -152,13 +152,13 @@ def budget_markdown(rows: pd.DataFrame, order: list[str]) -> str:
         label = workload_of(dataset).label
         for _, r in own.iterrows():
             if r["trials"] == 0:
-                lines.append("| " + " | ".join([label, optimizer_label(r["optimizer"]), r["sampler"], "0 (0)",
-                                                 f"searching: no trial of {r['budget']} ended yet", DASH, DASH]) + " |")
+                lines.append(md_row([label, optimizer_label(r["optimizer"]), r["sampler"], "0 (0)",
+                                                 f"searching: no trial of {r['budget']} ended yet", DASH, DASH]))
                 continue
-            lines.append("| " + " | ".join([
+            lines.append(md_row([
                 label, optimizer_label(r["optimizer"]), r["sampler"], f"{r['trials']} ({r['diverged']})",
                 f"{r['own_best']:,.2f}" if math.isfinite(r["own_best"]) else "every trial diverged",
-                _trials_text(r["to_own_best"]), _trials_text(r["to_best_final"])]) + " |")
+                _trials_text(r["to_own_best"]), _trials_text(r["to_best_final"])]))
         first = own.iloc[0]
         sentence = f"- {label}: measured against the best mean final train loss, {optimizer_label(first['best_final_optimizer'])}'s"
         sentence += f" {first['best_final']:,.2f}" if math.isfinite(first["best_final"]) else " (none yet)"

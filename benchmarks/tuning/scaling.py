@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 
+from benchmarks.tables import md_head, md_row
 from benchmarks.results import read_summary, workload_of, write_json
 from benchmarks.rundir import cpu_model
 from benchmarks.tuning.storage import HEARTBEAT_INTERVAL_S, open_storage, study_trial_id
@@ -95,7 +96,7 @@ def estimate_markdown(root: Path, storage_table: Path) -> str:
              f"client; heartbeats every {HEARTBEAT_INTERVAL_S} s).", ""]
     head = ["data set", "trials", "mean trial (s)", "writes per trial", "trials per hour per worker"]
     head += [f"{name}: workers at saturation" for name in table["rates"]]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += md_head(head)
     for dataset, d in durations.items():
         writes = d["mean_epochs"] + d["mean_seconds"] / HEARTBEAT_INTERVAL_S + FIXED_WRITES_PER_TRIAL
         per_worker = 3600 / d["mean_seconds"]
@@ -104,18 +105,18 @@ def estimate_markdown(root: Path, storage_table: Path) -> str:
         for rates in table["rates"].values():
             capacity = min(rates["report_writes_per_s"], rates["heartbeat_writes_per_s"])
             cells.append(f"{capacity / (writes / d['mean_seconds']):,.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     lines += ["", "Trials per hour against workers (the workers' rate until the storage saturates, then the "
               "storage's):", ""]
     head = ["data set", "storage"] + [f"{n} workers" for n in WORKER_COUNTS]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += md_head(head)
     for dataset, d in durations.items():
         writes = d["mean_epochs"] + d["mean_seconds"] / HEARTBEAT_INTERVAL_S + FIXED_WRITES_PER_TRIAL
         for name, rates in table["rates"].items():
             capacity = min(rates["report_writes_per_s"], rates["heartbeat_writes_per_s"]) * 3600 / writes
             cells = [workload_of(dataset).label, name]
             cells += [f"{min(n * 3600 / d['mean_seconds'], capacity):,.0f}" for n in WORKER_COUNTS]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(md_row(cells))
     rates = "; ".join(f"{name} {r['report_writes_per_s']:,.0f} reports/s, {r['heartbeat_writes_per_s']:,.0f} "
                       f"heartbeats/s" for name, r in table["rates"].items())
     lines += ["", f"Measured write rates: {rates}."]
