@@ -122,21 +122,25 @@ def paper_optimizers() -> list[str]:
     return family_sorted(n for n in optimizer_names() if optimizer_info(n)["paper"])
 
 
+def _sorted_by(order: tuple[str, ...], names) -> list[str]:
+    """Names by their family's place in `order`, then by name; names without a config last."""
+    def key(name: str) -> tuple[int, str]:
+        try:
+            return order.index(optimizer_info(name)["family"]), name
+        except ValueError:
+            return len(order), name
+    return sorted(set(names), key=key)
+
+
 def family_sorted(names) -> list[str]:
-    """Optimizers by family (FAMILY_ORDER), then by name."""
-    infos = [optimizer_info(n) for n in names]
-    return [i["name"] for i in sorted(infos, key=lambda i: (FAMILY_ORDER.index(i["family"]), i["name"]))]
+    """The paper's order (FAMILY_ORDER: first-order methods first), then by name."""
+    return _sorted_by(FAMILY_ORDER, names)
 
 
 def legend_sorted(names) -> list[str]:
-    """Legend and table order: LocoProp first, then second-order, first-order, the relatives, the
-    rest (LEGEND_ORDER); by name within a family; names without a config last."""
-    def key(name: str) -> tuple[int, str]:
-        try:
-            return LEGEND_ORDER.index(optimizer_info(name)["family"]), name
-        except ValueError:
-            return len(LEGEND_ORDER), name
-    return sorted(set(names), key=key)
+    """Legend and table order (LEGEND_ORDER): LocoProp first, then second-order, first-order, the
+    relatives, the rest; by name within a family."""
+    return _sorted_by(LEGEND_ORDER, names)
 
 
 def label(name: str) -> str:

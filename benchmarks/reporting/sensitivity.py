@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.tables import md_head, md_row
-from benchmarks.optimizers import FAMILY_ORDER, optimizer_info
+from benchmarks.optimizers import family_sorted, label
 from benchmarks.results import load_runs, workload_of
 
 GROUP = "sensitivity"
@@ -115,22 +115,6 @@ def sensitivity_points(folder: Path, final_runs: pd.DataFrame, winners: dict[str
     return out[POINT_COLUMNS].sort_values(["optimizer", "knob", "multiplier"]).reset_index(drop=True)
 
 
-def _order(names) -> list[str]:
-    def key(name: str) -> tuple[int, str]:
-        try:
-            return FAMILY_ORDER.index(optimizer_info(name)["family"]), name
-        except ValueError:
-            return len(FAMILY_ORDER), name
-    return sorted(set(names), key=key)
-
-
-def _label(name: str) -> str:
-    try:
-        return optimizer_info(name)["label"]
-    except ValueError:
-        return name
-
-
 def _fraction(m: float) -> str:
     return f"1/{1 / m:g}" if m < 1 else f"{m:g}"
 
@@ -156,10 +140,10 @@ def sensitivity_table(points: pd.DataFrame, knobs: tuple[str, ...] | None = None
     head = ["optimizer", "setting"] + [f"x{_fraction(m)}" + (" (final train loss)" if m == 1 else "")
                                        for m in multipliers]
     lines = md_head(head)
-    for optimizer in _order(points["optimizer"]):
+    for optimizer in family_sorted(points["optimizer"]):
         own = points[points["optimizer"] == optimizer]
         for knob in sorted(own["knob"].unique(), key=lambda k: (k in LOCOPROP_KNOBS, k)):
-            cells = [_label(optimizer), KNOB_WORDS.get(knob, knob.removeprefix("optimizer."))]
+            cells = [label(optimizer), KNOB_WORDS.get(knob, knob.removeprefix("optimizer."))]
             for m in multipliers:
                 at = own[(own["knob"] == knob) & (own["nominal"] == m)]
                 point = at.iloc[(at["multiplier"] - m).abs().argsort().iloc[0]] if len(at) else None
@@ -200,11 +184,11 @@ def sensitivity_verdict(points: pd.DataFrame, with_winner: list[str]) -> str:
         if chosen.empty:
             continue
         keep, lose, pending = [], [], []
-        for optimizer in _order(chosen["optimizer"]):
+        for optimizer in family_sorted(chosen["optimizer"]):
             for knob in sorted(chosen.loc[chosen["optimizer"] == optimizer, "knob"].unique()):
                 ok, why = keeps_within(chosen, optimizer, knob)
                 (keep if ok else pending if ok is None else lose).append(
-                    _label(optimizer) + (f" ({why})" if why else ""))
+                    label(optimizer) + (f" ({why})" if why else ""))
         parts = [f"within {KEEP:.0%} of their best from {span}: " + (", ".join(keep) or "none")]
         if lose:
             parts.append("not: " + ", ".join(lose))
@@ -213,7 +197,7 @@ def sensitivity_verdict(points: pd.DataFrame, with_winner: list[str]) -> str:
         lines.append(f"- {title.capitalize()}, " + "; ".join(parts) + ".")
     if points.empty:
         return "No sensitivity run on this workload yet."
-    missing = [o for o in _order(with_winner) if o not in set(points["optimizer"])]
+    missing = [o for o in family_sorted(with_winner) if o not in set(points["optimizer"])]
     if missing:
-        lines.append("- No sensitivity run: " + ", ".join(_label(o) for o in missing) + ".")
+        lines.append("- No sensitivity run: " + ", ".join(label(o) for o in missing) + ".")
     return "\n".join(lines)
