@@ -5,6 +5,7 @@ Each test here failed before the change it guards (see the README, "Reliability"
 from __future__ import annotations
 
 import json
+import signal
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import speed
+from benchmarks.cli import Interrupted
 from benchmarks.config import compose_config
 from benchmarks.rundir import read_summary, run_dir_for
 from benchmarks.train import StopRun, threshold_exit, train
@@ -213,11 +215,31 @@ def test_a_signal_re_raised_by_omegaconf_keeps_its_own_reason(tmp_path):
     with the key path in its message, the original as its cause: the run's reason is the original's."""
     def on_epoch(epoch, loss, replayed):
         if epoch == 1:
-            signalled = StopRun("stopped by signal SIGTERM")
+            signalled = StopRun("stopped by signal SIGTERM", signal.SIGTERM)
             raise StopRun(f"{signalled}\n    full_key: batch_size\n    object_type=dict") from signalled
 
-    summary = train(tiny_cfg(tmp_path, "optimizer=adam", "epochs=6"), on_epoch=on_epoch)
+    cfg = tiny_cfg(tmp_path, "optimizer=adam", "epochs=6")
+    with pytest.raises(Interrupted) as stopped:  # the caller stops too, told which signal
+        train(cfg, on_epoch=on_epoch)
+    assert stopped.value.signum == signal.SIGTERM
+    summary = json.loads((run_dir_for(cfg) / "summary.json").read_text())
     assert (summary["status"], summary["reason"]) == ("stopped", "stopped by signal SIGTERM after epoch 1")
+
+
+def test_a_signal_rewrapped_by_omegaconf_still_stops_the_run_by_its_name(tmp_path):
+    """OmegaConf may catch the stop raised in a signal handler and raise a wordier copy without its
+    signal number: the run still records 'stopped by signal SIGTERM after epoch k' and the caller
+    is still told which signal stopped it."""
+    def wrapped(epoch, loss, replayed):
+        if epoch == 2:
+            raise StopRun("stopped by signal SIGTERM\n    full_key: batch_size\n    object_type=dict")
+
+    cfg = tiny_cfg(tmp_path, "optimizer=sgd", "epochs=4")
+    with pytest.raises(Interrupted) as stopped:
+        train(cfg, on_epoch=wrapped)
+    assert stopped.value.signum == signal.SIGTERM
+    summary = json.loads((run_dir_for(cfg) / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["reason"] == "stopped by signal SIGTERM after epoch 2"
 
 
 def test_a_resumed_offline_run_continues_the_same_wandb_run(tmp_path, capsys, recwarn):

@@ -239,22 +239,3 @@ def test_model_aware_optimizers_survive_deepcopy(optimizer):
     assert torch.equal(a, b)
     for p, q in zip(model.parameters(), model_copy.parameters()):
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
-
-
-def test_a_signal_rewrapped_by_omegaconf_still_stops_the_run_by_its_name(tmp_path):
-    """OmegaConf may catch the stop raised in a signal handler and raise a wordier copy without its
-    signal number: the run still records 'stopped by signal SIGTERM after epoch k' and the caller
-    is still told which signal stopped it."""
-    from benchmarks.cli import Interrupted
-    from benchmarks.train import StopRun
-
-    def wrapped(epoch, loss, replayed):
-        if epoch == 2:
-            raise StopRun("stopped by signal SIGTERM\n    full_key: batch_size\n    object_type=dict")
-
-    cfg = tiny_cfg(tmp_path, "optimizer=sgd", "epochs=4")
-    with pytest.raises(Interrupted) as stopped:
-        train(cfg, on_epoch=wrapped)
-    assert stopped.value.signum == signal.SIGTERM
-    summary = json.loads((run_dir_for(cfg) / "summary.json").read_text())
-    assert summary["status"] == "stopped" and summary["reason"] == "stopped by signal SIGTERM after epoch 2"
