@@ -29,11 +29,11 @@ from hydra.utils import get_object
 from benchmarks.config import CONFIG_DIR, compose_config
 from benchmarks.optimizers import FAMILY_ORDER, config_path, optimizer_config, optimizer_info, optimizer_names
 from benchmarks.tuning.space import default_search_space, search_space, search_space_path
-from benchmarks.tuning.protocol import Protocol
+from benchmarks.tuning.protocol import Protocol, run_setting
 from benchmarks.rundir import atomic_write_text
 from benchmarks.reporting.statistics import seed_test
 from benchmarks.tables import DASH, fmt
-from benchmarks.workloads import get_workload, load_dataset, run_steps as steps_of
+from benchmarks.workloads import get_workload, load_dataset
 
 REPO = CONFIG_DIR.parent
 WORKLOADS = ("mnist", "faces_synth", "curves_synth")  # the committed reference's workloads
@@ -49,11 +49,6 @@ QUICK_NOTE = ("quick protocol (fewer trials, one seed, short runs on a small tra
 def quick_protocol(reference: Protocol) -> Protocol:
     """The reference protocol shrunk to a first look: fewer trials, one seed, short runs."""
     return dataclasses.replace(reference, **QUICK)
-
-
-def run_steps(dataset: str, protocol: Protocol) -> int:
-    """Optimizer steps of one full run under the protocol (steps per epoch x trained epochs)."""
-    return steps_of(compose_config([f"dataset={dataset}", *protocol.overrides]))
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -185,7 +180,7 @@ def plan_line(dataset: str, protocol: Protocol, ms: float | None, committed: dic
     """One workload of the plan: runs, steps, the new optimizer's ms/step beside the committed rows',
     and the cost (every trial priced at full length: an upper bound, pruning cuts most short)."""
     runs = protocol.trials + protocol.seeds - 1
-    steps = run_steps(dataset, protocol)
+    steps = run_setting(dataset, protocol)["steps"]
     cost = None if ms is None else runs * steps * ms / 1e3
     beside = ", ".join(f"{labels.get(o, o)} {v:.0f}" for o, v in sorted(committed.items(), key=lambda kv: kv[1]))
     line = (f"{dataset}: {protocol.trials} trials + {protocol.seeds - 1} more seeds = {runs} runs x {steps:,} steps; "

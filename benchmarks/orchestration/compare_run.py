@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.orchestration.compare import (QUICK_NOTE, committed_ms, data_problem, plan_line, reach_text, run_steps,
+from benchmarks.orchestration.compare import (QUICK_NOTE, committed_ms, data_problem, plan_line, reach_text,
                                 verdict)
 from benchmarks.figure_files import figure_style
 from benchmarks.optimizers import label as label_of
@@ -41,6 +41,7 @@ from benchmarks.rundir import atomic_write_json, atomic_write_text, device_name,
 from benchmarks.speed import measure
 from benchmarks.tables import DASH, fmt, fmt_mean_std, markdown_table, rank_text, ranked
 from benchmarks.reporting import figures, summary
+from benchmarks.tuning.protocol import run_setting
 from benchmarks.tuning.search import FINAL_GROUP, Search
 
 
@@ -147,7 +148,7 @@ def workload_section(dataset: str, spec, runs: pd.DataFrame, metrics: pd.DataFra
                  new_verdict if new else ("best committed row" if r["optimizer"] == best else DASH)]
         rows.append(cells)
     frame = pd.DataFrame(rows, columns=head)
-    steps = run_steps(dataset, protocol)
+    steps = run_setting(dataset, protocol)["steps"]
     intro = (f"### {w.label} (`{dataset}`)\n\n"
              + (f"**{QUICK_NOTE}.**\n\n" if quick else "")
              + f"Target: {fmt(targets.get(dataset, float('nan')))} "
@@ -209,7 +210,8 @@ def write_outputs(spec, protocols: dict, root: Path, bench_path: Path, out: Path
 
 def index_markdown(spec, protocols, root, bench_path, out, ms, device, quick, plan_text, sections, figure_files) -> str:
     rel = lambda p: Path(p).relative_to(out).as_posix() if Path(p).is_relative_to(out) else Path(p).as_posix()  # noqa: E731
-    protocol_rows = pd.DataFrame([{"workload": d, "trials": p.trials, "seeds": p.seeds, "steps per run": run_steps(d, p),
+    protocol_rows = pd.DataFrame([{"workload": d, "trials": p.trials, "seeds": p.seeds,
+                                   "steps per run": run_setting(d, p)["steps"],
                                    "eval every": p.eval_every, "pruning": f"successive halving, min {p.min_resource} "
                                    f"epochs, factor {p.reduction_factor}", "sampler": f"{p.sampler} (seed "
                                    f"{p.sampler_seed}, {p.startup_trials} start-up trials)",
