@@ -305,7 +305,11 @@ class Search:
         left for now; 'done' when this search is finished and exported."""
         trial = self.claim()
         if trial is not None:
-            self.run_trial(trial)
+            try:
+                self.run_trial(trial)
+            except optuna.exceptions.UpdateFinishedTrialError:  # this worker stalled past the grace period:
+                print(f"[tune] {self.study.study_name}: trial {trial.number} was given up for lost meanwhile; "
+                      "its retry runs the setting", flush=True)  # the study failed it and enqueued a retry
             return "trial"
         if not self.search_done():
             return "busy"
