@@ -17,6 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from benchmarks.cli import Interrupted
 from benchmarks.config import compose_config
 from benchmarks.rundir import run_dir_for
 from benchmarks.train import train
@@ -289,25 +290,47 @@ def test_a_trial_given_up_too_early_stops_and_its_retry_resumes_the_run(tmp_path
 
 
 
+def signalled_train(real_train):
+    """The runner's behaviour on SIGTERM: it records the run as stopped by the signal, then raises."""
+    def train_then_signal(cfg, on_epoch=None):
+        summary = {**real_train(cfg, on_epoch), "status": "stopped", "reason": "stopped by signal SIGTERM after epoch 3"}
+        (run_dir_for(cfg) / "summary.json").write_text(json.dumps(summary))
+        raise Interrupted(signal.SIGTERM)
+    return train_then_signal
+
+
 def test_a_seed_stopped_by_a_signal_ends_the_worker_and_resumes_next_time(tmp_path, monkeypatch):
     import benchmarks.tuning.search as tune
 
     search = tiny_search(tmp_path, trials=1, seeds=2)
     assert search.step() == "trial"
     real_train = tune.train
-
-    def signalled(cfg, on_epoch=None):  # the runner's record of a SIGTERM during the run
-        summary = {**real_train(cfg, on_epoch), "status": "stopped", "reason": "stopped by signal SIGTERM after epoch 3"}
-        (run_dir_for(cfg) / "summary.json").write_text(json.dumps(summary))
-        return summary
-
-    monkeypatch.setattr(tune, "train", signalled)
-    with pytest.raises(SystemExit, match="seed 1 stopped by signal SIGTERM"):
+    monkeypatch.setattr(tune, "train", signalled_train(real_train))
+    with pytest.raises(Interrupted):
         while search.step() != "done":
             pass
+    assert "0/2 seeds done" not in search.describe({})[0] and "1/2 seeds done" in search.describe({})[0]
     calls = []
     monkeypatch.setattr(tune, "train", lambda cfg, on_epoch=None: calls.append(cfg.seed) or real_train(cfg, on_epoch))
     while search.step() != "done":
         pass
     assert calls == [1]  # the stopped seed ran again (resumed), nothing else did
     assert json.loads((run_dir_for(search.seed_configs()[1]) / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_campaign_run_stopped_by_a_signal_is_not_done_and_resumes(tmp_path, monkeypatch):
+    import benchmarks.orchestration.campaign as campaign
+
+    configs = [compose_config(["dataset=curves_synth", "optimizer=sgd", *TINY, f"seed={s}", "eval_every=2",
+                               f"results_dir={tmp_path}", "logger=disabled", "progress=false"]) for s in (0, 1)]
+    runs = campaign.Runs("curves_synth", lambda: configs)
+    real_train = campaign.train
+    assert runs.step() == "seed" and runs.describe({})[0] == "curves_synth: 1/2 runs done"
+    monkeypatch.setattr(campaign, "train", signalled_train(real_train))
+    with pytest.raises(Interrupted):
+        runs.step()
+    assert runs.describe({})[0] == "curves_synth: 1/2 runs done"  # stopped by a signal: not done
+    calls = []
+    monkeypatch.setattr(campaign, "train", lambda cfg, on_epoch=None: calls.append(cfg.seed) or real_train(cfg, on_epoch))
+    assert runs.step() == "seed" and runs.step() == "done"
+    assert calls == [1] and runs.describe({})[0] == "curves_synth: 2/2 runs done"

@@ -40,7 +40,7 @@ from benchmarks.train import train
 from benchmarks.orchestration.ablations import ablation_configs, ablation_names
 from benchmarks.tuning.sampler import describe as describe_sampler
 from benchmarks.tuning.protocol import REFERENCE_TRIALS, Protocol, reference
-from benchmarks.tuning.search import RUN_OVERRIDES, SEED_DONE, Search, overrides_for
+from benchmarks.tuning.search import RUN_OVERRIDES, Search, overrides_for, seed_done
 
 
 class Runs:
@@ -50,17 +50,16 @@ class Runs:
         self.dataset, self.configs = dataset, configs
 
     def describe(self, ms: dict) -> tuple[str, float | None]:
-        states = [(read_summary(run_dir_for(cfg)) or {}).get("status") for cfg in self.configs()]
-        left = sum(s not in SEED_DONE for s in states)
-        return f"{self.dataset}: {len(states) - left}/{len(states)} runs done", None
+        done = [seed_done(read_summary(run_dir_for(cfg))) for cfg in self.configs()]
+        return f"{self.dataset}: {sum(done)}/{len(done)} runs done", None
 
     def step(self) -> str:
         busy = False
         for cfg in self.configs():
-            if (read_summary(run_dir_for(cfg)) or {}).get("status") in SEED_DONE:
+            if seed_done(read_summary(run_dir_for(cfg))):
                 continue
             try:
-                train(cfg)
+                train(cfg)  # a signal that stops the run stops this worker too (train raises)
             except RunInUse:  # another worker holds this run
                 busy = True
                 continue

@@ -296,8 +296,8 @@ class Search:
         atomic_write_json(target / "summary.json", summary)  # last: it marks the run as done
         return True
 
-    def seed_statuses(self) -> list[str | None]:
-        return [(read_summary(run_dir_for(cfg)) or {}).get("status") for cfg in self.seed_configs()]
+    def seeds_done(self) -> int:
+        return sum(seed_done(read_summary(run_dir_for(cfg))) for cfg in self.seed_configs())
 
     # -- one unit of work
     def step(self) -> str:
@@ -322,16 +322,14 @@ class Search:
         for cfg in self.seed_configs():
             if cfg.seed == 0 and self._promote_winner(cfg):
                 return "seed"
-            if _seed_done(read_summary(run_dir_for(cfg))):
+            if seed_done(read_summary(run_dir_for(cfg))):
                 continue
             try:
-                summary = train(cfg)
+                train(cfg)  # a signal that stops the run stops this worker too (train raises)
             except RunInUse:  # another worker holds this run: leave it to them
                 continue
-            if _stopped_by_signal(summary):  # this worker is being ended: the seed resumes next time
-                raise SystemExit(f"[tune] {self.study.study_name}: seed {cfg.seed} {summary['reason']}")
             return "seed"
-        if not all(_seed_done(read_summary(run_dir_for(cfg))) for cfg in self.seed_configs()):
+        if not all(seed_done(read_summary(run_dir_for(cfg))) for cfg in self.seed_configs()):
             return "busy"
         with self._lock():
             if self.exported() != (self.best().number, list(range(self.protocol.seeds))):
@@ -357,10 +355,10 @@ class Search:
         ended = len(self.trials(TrialState.COMPLETE, TrialState.PRUNED))
         running = len(self.trials(TrialState.RUNNING, TrialState.WAITING))
         left_trials = max(0, self.protocol.trials - ended)
-        seeds = [s for s in self.seed_statuses() if s in SEED_DONE] if self.best() is not None else []
-        left_seeds = max(0, self.protocol.seeds - 1 - max(0, len(seeds) - 1))  # seed 0 is the winning trial
+        seeds = self.seeds_done() if self.best() is not None else 0
+        left_seeds = max(0, self.protocol.seeds - 1 - max(0, seeds - 1))  # seed 0 is the winning trial
         line = (f"{self.study.study_name}: {ended}/{self.protocol.trials} trials ended"
-                + (f" ({running} running)" if running else "") + f", {len(seeds)}/{self.protocol.seeds} seeds done, "
+                + (f" ({running} running)" if running else "") + f", {seeds}/{self.protocol.seeds} seeds done, "
                 + ("exported" if self.exported() else "not exported") + price(left_trials + left_seeds))
         left = left_trials + left_seeds
         return line, 0.0 if left == 0 else None if one is None else one * left
@@ -454,11 +452,13 @@ class Search:
 
 
 def _stopped_by_signal(summary: dict | None) -> bool:
+    """A run its worker's end interrupted (SIGTERM, SIGINT): it resumes from its checkpoint next time."""
     return bool(summary) and summary.get("status") == "stopped" and "by signal" in str(summary.get("reason"))
 
 
-def _seed_done(summary: dict | None) -> bool:
-    """A seed run that ended for good (a run stopped by a signal resumes instead)."""
+def seed_done(summary: dict | None) -> bool:
+    """A run that ended for good (finished, diverged, stopped by its own rule, failed); one stopped
+    by a signal is not done: it resumes."""
     return bool(summary) and summary.get("status") in SEED_DONE and not _stopped_by_signal(summary)
 
 
