@@ -12,9 +12,8 @@ import sys
 import optuna
 
 from benchmarks import cli
-from benchmarks.cli import Interrupted
 from benchmarks.preflight import problems
-from benchmarks.orchestration.launch import add_launch_args, settings_from, spawn_processes, submit, wait
+from benchmarks.orchestration.launch import add_launch_args, settings_from, submit, wait, work_beside_processes
 from benchmarks.orchestration.plan import use_threads
 from benchmarks.tuning.search import Search, describe_searches, work
 from benchmarks.orchestration.campaign import PLANS, Runs, collect, plan_items
@@ -55,16 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     if launch.launcher != "processes":
         wait(submit(run_worker, argv, launch, args.root))
         return
-    children = spawn_processes("scripts.campaign", argv, launch.workers - 1)
-    try:
-        work(plan_items(args.plan, args.only))
-    except Interrupted as stop:  # this worker's run is recorded as stopped: stop the others too
-        for child in children:
-            child.send_signal(stop.signum)
-        raise
-    finally:
-        for child in children:
-            child.wait()
+    work_beside_processes("scripts.campaign", argv, launch.workers - 1, lambda: work(plan_items(args.plan, args.only)))
 
 
 def run_worker(argv: list[str]) -> None:

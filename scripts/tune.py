@@ -14,11 +14,11 @@ from pathlib import Path
 import optuna
 
 from benchmarks import cli
-from benchmarks.cli import Interrupted, UsageError
+from benchmarks.cli import UsageError
 from benchmarks.config import unknown_name
 from benchmarks.optimizers import paper_optimizers
 from benchmarks.workloads import WORKLOADS
-from benchmarks.orchestration.launch import add_launch_args, settings_from, spawn_processes, submit, wait
+from benchmarks.orchestration.launch import add_launch_args, settings_from, submit, wait, work_beside_processes
 from benchmarks.orchestration.plan import use_threads
 from benchmarks.tuning.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 from benchmarks.tuning.search import Protocol, Search, describe_searches, preflight, work
@@ -99,16 +99,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if launch.launcher != "processes":
         wait(submit(run_worker, argv, launch, args.results))
     else:
-        children = spawn_processes("scripts.tune", argv, launch.workers - 1)
-        try:
-            work(searches)
-        except Interrupted as stop:  # this worker's trial is recorded as stopped: stop the others too
-            for child in children:
-                child.send_signal(stop.signum)
-            raise
-        finally:
-            for child in children:
-                child.wait()
+        work_beside_processes("scripts.tune", argv, launch.workers - 1, lambda: work(searches))
     return searches[-1].tuned_path if searches[-1].tuned_path.exists() else None
 
 

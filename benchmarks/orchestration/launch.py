@@ -14,6 +14,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from benchmarks.cli import Interrupted
 
 LAUNCHERS = ("processes", "local", "slurm")
 WORKER_OPTIONS = ("--workers", "--launcher", "--partition", "--time-min", "--gpus-per-worker", "--cpus-per-worker",
@@ -64,9 +67,19 @@ def worker_argv(argv: list[str]) -> list[str]:
     return [*kept, "--workers", "1", *overrides]
 
 
-def spawn_processes(module: str, argv: list[str], n: int) -> list[subprocess.Popen]:
-    """n more local processes running one worker each."""
-    return [subprocess.Popen([sys.executable, "-m", module, *worker_argv(argv)]) for _ in range(n)]
+def work_beside_processes(module: str, argv: list[str], n: int, do_work: Callable[[], object]) -> None:
+    """`do_work()` in this process while n more local processes run the same command as workers;
+    a signal that stops this worker (its run recorded as stopped) is passed on to the others."""
+    children = [subprocess.Popen([sys.executable, "-m", module, *worker_argv(argv)]) for _ in range(n)]
+    try:
+        do_work()
+    except Interrupted as stop:
+        for child in children:
+            child.send_signal(stop.signum)
+        raise
+    finally:
+        for child in children:
+            child.wait()
 
 
 def submitit_executor(settings: LaunchSettings, results: str | Path, name: str, parallelism: int | None = None):
