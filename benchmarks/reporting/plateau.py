@@ -16,6 +16,7 @@ from benchmarks.workloads import get_workload, load_dataset
 
 PLATEAU_FILE = "plateau.json"
 EPS = 1e-7  # the clamp of a predicted probability before the log (a pixel that is 0 or 1 in every image)
+STALL_MARGIN = 0.01  # a run has left the plateau once its best loss is this fraction below it
 
 
 def mean_image_loss(train: torch.Tensor, loss_kind: str) -> float:
@@ -55,3 +56,9 @@ def plateau_of(record: dict, seed: int) -> float | None:
     by_seed = record.get("by_seed", {})
     value = by_seed.get(str(seed), by_seed.get("0") if get_workload(record["dataset"]).seed_draws_data is False else None)
     return None if value is None else float(value)
+
+
+def on_plateau(best_loss: float, level: float | None) -> bool:
+    """Whether a run never got measurably below the plateau `level` (its best loss above
+    (1 - STALL_MARGIN) x the plateau); False where the plateau is unknown (not judged)."""
+    return level is not None and best_loss >= (1 - STALL_MARGIN) * level

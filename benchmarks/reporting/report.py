@@ -37,7 +37,7 @@ from benchmarks.results import (DASH, HEALTHY, WORKLOAD_ORDER, bench_device, ben
 from benchmarks.tuning.protocol import BENCH, ROOT, Protocol, read_protocol, run_setting
 from benchmarks.tuning.space import search_space
 from benchmarks.tuning.studies import read_studies
-from benchmarks.reporting.plateau import PLATEAU_FILE, plateau_of, plateau_record
+from benchmarks.reporting.plateau import PLATEAU_FILE, STALL_MARGIN, plateau_of, plateau_record, on_plateau
 from benchmarks.reporting.statistics import gap_standard_error, seed_test
 from benchmarks.reporting import figures, summary, tuning_report
 from benchmarks.tuning import scaling
@@ -47,7 +47,6 @@ DOCS, README, TUNING = Path("docs/results.md"), Path("README.md"), Path("docs/tu
 RELATIVES_DOC = Path("docs/locoprop_vs_target_propagation.md")
 SCALING_DOC = Path("docs/scaling.md")
 NOISE_P = 0.05  # a gap is told apart from seed noise when the seed test (benchmarks.reporting.statistics) gives p below this
-STALL_MARGIN = 0.01  # a run has left the mean-image plateau once its best loss is this fraction below it
 EDGE = 0.05  # a winner within this fraction of a range's ends (log scale where searched so) is at the edge
 VERSION_MARK = "‡"  # a row whose seeds ran at several commits or thread counts (see the provenance)
 
@@ -98,7 +97,7 @@ def stalled_rows(results: WorkloadResults) -> set[str]:
         levels = [plateau_of(results.plateau, int(seed)) for seed in own["seed"]]
         if own.empty or any(level is None for level in levels):
             continue
-        if all(best >= (1 - STALL_MARGIN) * level for best, level in zip(own[f"best_{primary}"], levels)):
+        if all(on_plateau(best, level) for best, level in zip(own[f"best_{primary}"], levels)):
             stalled.add(optimizer)
     return stalled
 

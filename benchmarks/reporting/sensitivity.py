@@ -7,7 +7,10 @@ best parameters over the winner's seed-0 run in `final`, which also stands for a
 without a study). The multiplier-1 point is that seed-0 run.
 
 A point is 'finished', 'diverged' (no finite final loss; also a run that failed), or 'stalled':
-finished with a final train loss no lower than at epoch 0 (it did not learn).
+finished without ever getting measurably below the workload's mean-image plateau, the same rule
+as the comparison's (stalled) mark (`benchmarks.reporting.plateau`). An optimizer whose winner
+stalled gets no verdict: a loss that stays on the plateau at every setting says nothing about
+how hard the optimizer is to tune.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import pandas as pd
 from benchmarks.tables import md_head, md_row
 from benchmarks.optimizers import family_sorted, label
 from benchmarks.results import load_runs, workload_of
+from benchmarks.reporting.plateau import on_plateau
 
 GROUP = "sensitivity"
 TOLERANCE = 1e-9  # relative: a config value this close to the winner's is the winner's
@@ -46,20 +50,12 @@ def _numbers(row: pd.Series) -> dict[str, float]:
     return out
 
 
-def _initial_losses(metrics: pd.DataFrame, primary: str) -> dict[str, float]:
-    """run_dir -> the primary loss at epoch 0 (before training)."""
-    if primary not in metrics:
-        return {}
-    start = metrics[(metrics["epoch"] == 0) & metrics[primary].notna()]
-    return dict(zip(start["run_dir"], start[primary].astype(float)))
-
-
-def _state(status: str, final: float, initial: float) -> str | None:
+def _state(status: str, final: float, best: float, plateau: float | None) -> str | None:
     if status == "diverged" or status == "failed" or (status == "finished" and not math.isfinite(final)):
         return "diverged"
     if status != "finished":
         return None  # stopped: still going, resumable
-    return "stalled" if math.isfinite(initial) and final >= initial else "finished"
+    return "stalled" if on_plateau(best, plateau) else "finished"
 
 
 def nominal(multiplier: float) -> float:
@@ -67,17 +63,22 @@ def nominal(multiplier: float) -> float:
     return float(2.0 ** round(math.log2(multiplier)))
 
 
-def sensitivity_points(folder: Path, final_runs: pd.DataFrame, winners: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def sensitivity_points(folder: Path, final_runs: pd.DataFrame, winners: dict[str, dict[str, Any]],
+                       plateau: float | None = None) -> pd.DataFrame:
     """Every sensitivity run of one workload (`folder`: <root>/<dataset>) as a point: the setting it
     changed, its multiplier against the winner, its state and final train loss, its ratio to the
     winner's seed 0; plus each winner's own seed-0 point (multiplier 1) for every setting changed.
-    `winners`: optimizer -> the study's best parameters ({} without a study)."""
+    `winners`: optimizer -> the study's best parameters ({} without a study); `plateau`: the
+    workload's mean-image loss for seed 0 (None: no point is judged stalled)."""
     primary = workload_of(folder.name).primary_metric
-    runs, metrics = load_runs(folder, GROUP)
+    runs, _ = load_runs(folder, GROUP)
     if runs.empty:
         return pd.DataFrame(columns=POINT_COLUMNS)
     seed0 = final_runs[(final_runs["seed"] == 0)].drop_duplicates("optimizer").set_index("optimizer")
-    initial = _initial_losses(metrics, primary)
+
+    def state(row: pd.Series) -> str | None:
+        final = float(row.get(f"final_{primary}", math.nan))
+        return _state(row["status"], final, float(row.get(f"best_{primary}", final)), plateau)
     points = []
     for _, run in runs.iterrows():
         optimizer = run["optimizer"]
@@ -90,12 +91,12 @@ def sensitivity_points(folder: Path, final_runs: pd.DataFrame, winners: dict[str
             warnings.warn(f"{run['run_path']}: not one setting changed from the winner's ({changed or 'none'}); left out")
             continue
         key = changed[0]
-        state = _state(run["status"], float(run.get(f"final_{primary}", math.nan)), initial.get(run["run_dir"], math.nan))
-        if state is None:
+        point_state = state(run)
+        if point_state is None:
             continue
         multiplier = own[key] / reference[key]
         points.append({"optimizer": optimizer, "knob": key, "value": own[key], "winner_value": reference[key],
-                       "multiplier": multiplier, "nominal": nominal(multiplier), "state": state,
+                       "multiplier": multiplier, "nominal": nominal(multiplier), "state": point_state,
                        "final": float(run.get(f"final_{primary}", math.nan)), "run_path": run["run_path"]})
     frame = pd.DataFrame(points, columns=POINT_COLUMNS[:6] + ["state", "final", "run_path"])
     for (optimizer, key), _ in frame.groupby(["optimizer", "knob"]):
@@ -105,7 +106,7 @@ def sensitivity_points(folder: Path, final_runs: pd.DataFrame, winners: dict[str
         final = float(base[f"final_{primary}"])
         value = _numbers(base).get(key, math.nan)
         points.append({"optimizer": optimizer, "knob": key, "value": value, "winner_value": value, "multiplier": 1.0,
-                       "nominal": 1.0, "state": _state(base["status"], final, math.nan) or "finished",
+                       "nominal": 1.0, "state": state(base) or "finished",
                        "final": final, "run_path": base["run_path"]})
     out = pd.DataFrame(points, columns=POINT_COLUMNS[:6] + ["state", "final", "run_path"])
     healthy = out[(out["nominal"] == 1.0) & (out["state"] != "diverged")]  # no ratio to a diverged winner
@@ -148,28 +149,32 @@ def sensitivity_table(points: pd.DataFrame, knobs: tuple[str, ...] | None = None
                 at = own[(own["knob"] == knob) & (own["nominal"] == m)]
                 point = at.iloc[(at["multiplier"] - m).abs().argsort().iloc[0]] if len(at) else None
                 if m == 1.0 and point is not None:
-                    cells.append(f"{point['final']:,.2f}" if point["state"] != "diverged" else "diverged")
+                    cells.append("diverged" if point["state"] == "diverged" else f"{point['final']:,.2f}"
+                                 + (" (stalled)" if point["state"] == "stalled" else ""))
                 else:
                     cells.append(_cell(point, knob))
             lines.append(md_row(cells))
     return "\n".join(lines)
 
 
-def keeps_within(points: pd.DataFrame, optimizer: str, knob: str) -> tuple[bool | None, str]:
-    """(True/False, why) whether an optimizer's final train loss stays within 10% of its best over
-    the multipliers RANGE (a 4x range around the winner); None while a point of that range is missing."""
+def verdict_of(points: pd.DataFrame, optimizer: str, knob: str) -> tuple[str, str]:
+    """(verdict, why): 'keeps' when the optimizer's final train loss stays within 10% of its best over
+    the multipliers RANGE (a 4x range around the winner), 'loses' when not, 'pending' while a point
+    of that range is missing, 'stalled' when the winner itself never left the mean-image plateau."""
     own = points[(points["optimizer"] == optimizer) & (points["knob"] == knob)]
     best = own.loc[own["state"] == "finished", "final"].min()
     for m in (RANGE[0], 1.0, RANGE[1]):
         if not (own["nominal"] == m).any():
-            return None, f"x{_fraction(m)} not run yet"
-    for m in (RANGE[0], 1.0, RANGE[1]):
+            return "pending", f"x{_fraction(m)} not run yet"
+    if own.loc[own["nominal"] == 1.0, "state"].iloc[0] == "stalled":
+        return "stalled", ""
+    for m in (1.0, RANGE[0], RANGE[1]):  # a winner that diverged says so first
         point = own[own["nominal"] == m].iloc[0]
         if point["state"] != "finished":
-            return False, f"{point['state']} at x{_fraction(m)}"
+            return "loses", f"{point['state']} at x{_fraction(m)}"
         if point["final"] > (1 + KEEP) * best:
-            return False, f"x{_fraction(m)} is {point['final'] / best:.2f} x its best"
-    return True, ""
+            return "loses", f"x{_fraction(m)} is {point['final'] / best:.2f} x its best"
+    return "keeps", ""
 
 
 def sensitivity_verdict(points: pd.DataFrame, with_winner: list[str]) -> str:
@@ -183,17 +188,16 @@ def sensitivity_verdict(points: pd.DataFrame, with_winner: list[str]) -> str:
         chosen = points[~points["knob"].isin(LOCOPROP_KNOBS)] if knobs is None else points[points["knob"].isin(knobs)]
         if chosen.empty:
             continue
-        keep, lose, pending = [], [], []
+        named: dict[str, list[str]] = {"keeps": [], "loses": [], "pending": [], "stalled": []}
         for optimizer in family_sorted(chosen["optimizer"]):
             for knob in sorted(chosen.loc[chosen["optimizer"] == optimizer, "knob"].unique()):
-                ok, why = keeps_within(chosen, optimizer, knob)
-                (keep if ok else pending if ok is None else lose).append(
-                    label(optimizer) + (f" ({why})" if why else ""))
-        parts = [f"within {KEEP:.0%} of their best from {span}: " + (", ".join(keep) or "none")]
-        if lose:
-            parts.append("not: " + ", ".join(lose))
-        if pending:
-            parts.append("not settled: " + ", ".join(pending))
+                verdict, why = verdict_of(chosen, optimizer, knob)
+                named[verdict].append(label(optimizer) + (f" ({why})" if why else ""))
+        parts = [f"within {KEEP:.0%} of their best from {span}: " + (", ".join(named["keeps"]) or "none")]
+        for key, words in (("loses", "not"), ("pending", "not settled"),
+                           ("stalled", "no verdict, the winner itself stalled on the mean-image plateau")):
+            if named[key]:
+                parts.append(f"{words}: " + ", ".join(named[key]))
         lines.append(f"- {title.capitalize()}, " + "; ".join(parts) + ".")
     if points.empty:
         return "No sensitivity run on this workload yet."

@@ -28,8 +28,9 @@ from benchmarks.results import WORKLOAD_ORDER, workload_of, write_json  # noqa: 
 from benchmarks.figure_files import figure_style  # noqa: E402
 from benchmarks.optimizers import legend_sorted
 from benchmarks.reporting.figures import FULL_WIDTH, save_figure, style_for  # noqa: E402
+from benchmarks.reporting.plateau import plateau_of  # noqa: E402
 
-EDGE = 1.04  # clipped points (an infinite expected best, a diverged or stalled run) sit this far above the top
+EDGE = 1.04  # clipped points (an infinite expected best, a diverged run) sit this far above the top
 
 
 def best_final(table: pd.DataFrame, dataset: str) -> tuple[str | None, float]:
@@ -98,18 +99,20 @@ def budget_figure(dataset: str, curves: dict[str, pd.DataFrame], reference: tupl
 
 
 def _sensitivity_panel(ax, points: pd.DataFrame, title: str, xlabel: str) -> None:
-    finished = points.loc[points["state"] == "finished", "final"].to_numpy(float)
-    _, top = _log_y(ax, finished)
+    finite = points.loc[points["state"] != "diverged", "final"].to_numpy(float)
+    _, top = _log_y(ax, finite)
     for optimizer in legend_sorted(points["optimizer"]):
         own, style = points[points["optimizer"] == optimizer].sort_values("multiplier"), style_for(optimizer)
         kw = {k: style[k] for k in ("color", "linestyle", "linewidth", "zorder") if k in style}
-        good = own[own["state"] == "finished"]
+        good = own[own["state"] != "diverged"]  # a stalled point has a loss: drawn where it is, marked
         ax.plot(good["multiplier"], good["final"], label=style["label"], marker=style.get("marker"), markersize=3.5,
                 **kw)
-        for state, marker in (("diverged", "x"), ("stalled", "v")):
-            bad = own[own["state"] == state]
-            ax.plot(bad["multiplier"], np.full(len(bad), top), marker=marker, color=style["color"], linestyle="none",
-                    markersize=5, markeredgewidth=1.2, clip_on=False)
+        on_plateau = own[own["state"] == "stalled"]
+        ax.plot(on_plateau["multiplier"], on_plateau["final"], marker="v", color=style["color"], linestyle="none",
+                markersize=6, markerfacecolor="none", markeredgewidth=1.0)
+        diverged = own[own["state"] == "diverged"]
+        ax.plot(diverged["multiplier"], np.full(len(diverged), top), marker="x", color=style["color"], linestyle="none",
+                markersize=5, markeredgewidth=1.2, clip_on=False)
     ax.set_xscale("log", base=2)
     multipliers = sorted(set(points["multiplier"]))
     ax.xaxis.set_major_locator(FixedLocator([2.0 ** e for e in range(-3, 4)]))
@@ -143,7 +146,8 @@ def sensitivity_figure(dataset: str, points: pd.DataFrame):
         for h, l in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(l, h)
     extra = [Line2D([], [], marker="x", color="#555555", linestyle="none", label="x: diverged (at the top edge)"),
-             Line2D([], [], marker="v", color="#555555", linestyle="none", label="v: stalled (at the top edge)")]
+             Line2D([], [], marker="v", color="#555555", markerfacecolor="none", linestyle="none",
+                    label="v: stalled on the mean-image plateau")]
     fig.legend(list(handles.values()) + extra, list(handles) + [h.get_label() for h in extra], loc="upper center",
                bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False)
     fig.suptitle(f"{workload_of(dataset).label}: final train loss off the winner (seed 0)")
@@ -166,7 +170,7 @@ def blocks(all_results: list, studies: list[dict[str, Any]], target_root: Path, 
     winners = {(s["dataset"], s["optimizer"]): (s.get("winner") or {}).get("params", {}) for s in studies}
     for results in sorted(all_results, key=lambda r: WORKLOAD_ORDER.index(r.name) if r.name in WORKLOAD_ORDER else 99):
         own_winners = {o: p for (d, o), p in winners.items() if d == results.name}
-        points = sensitivity.sensitivity_points(results.folder, results.runs, own_winners)
+        points = sensitivity.sensitivity_points(results.folder, results.runs, own_winners, plateau_of(results.plateau, 0))
         with_winner = sorted(results.runs.loc[results.runs["seed"] == 0, "optimizer"].unique())
         text = (sensitivity.sensitivity_table(points) + "\n\n" if len(points) else "") + \
             sensitivity.sensitivity_verdict(points, with_winner)
