@@ -228,3 +228,15 @@ def test_the_default_target_is_set_by_the_papers_field_not_by_the_modern_family(
     field_and_modern = runs(("kfac", 40.0), ("kfac", 42.0), ("muon", 30.0), ("sgd", 100.0))
     assert summary.default_targets(field_and_modern) == {"curves_synth": pytest.approx(1.05 * 41.0)}
     assert summary.default_targets(runs(("muon", 30.0), ("muon", 32.0))) == {"curves_synth": pytest.approx(1.05 * 31.0)}
+
+
+def test_a_seed_stopped_before_the_end_is_named_in_the_seeds_cell(tmp_path):
+    results = make_results(tmp_path / "results")
+    stopped = next((results / "runs" / "default" / "curves_synth" / "adam").glob("seed1-*")) / "summary.json"
+    record = json.loads(stopped.read_text())
+    stopped.write_text(json.dumps({**record, "status": "stopped", "epochs_completed": 2,
+                                   "reason": "stopped by signal SIGTERM after epoch 2"}))
+    _, table, md, _ = _run(results, tmp_path / "out")
+    assert table.loc[("curves_synth", "adam"), "stopped_at"] == "1 stopped at epoch 2"
+    assert "| Adam | 2 (1 stopped at epoch 2) | 0/2 |" in md  # its loss enters the mean: the reader sees it
+    assert "| SGD | 2 | 0/2 |" in md  # every seed ran to its end: nothing added

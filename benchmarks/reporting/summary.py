@@ -5,7 +5,8 @@
 Writes `summary.md` (provenance on top, one table per dataset), `summary.csv` (every number,
 unrounded) and `summary_provenance.json`, each atomically. Conventions:
 - losses are mean ± sample std (ddof=1) over the finished/stopped seeds; diverged and failed
-  seeds are only counted;
+  seeds are only counted; a seed stopped before its last epoch is named in the seeds column
+  ('3 (1 stopped at epoch 31)'), since its loss enters the mean at the epoch it reached;
 - ms/step is the median over all runs (diverged ones included: their steps were timed too) of
   each run's median step time; wall-clock is the training time (evaluation excluded);
 - measured times (ms/step, wall-clock, s to target) are only comparable between rows run on the
@@ -100,7 +101,8 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
                                "configuration": own["config_label"].iloc[0], "primary_metric": primary,
                                "n_seeds": len(own), "n_healthy": len(healthy),
                                "n_diverged": int((own["status"] == "diverged").sum()),
-                               "n_failed": int((own["status"] == "failed").sum())}
+                               "n_failed": int((own["status"] == "failed").sum()),
+                               "stopped_at": _stopped_at(own)}
         for loss in LOSSES:
             for kind in ("final", "best"):
                 column = f"{kind}_{loss}"
@@ -134,6 +136,16 @@ def summarize(runs: pd.DataFrame, metrics: pd.DataFrame, targets: dict[str, floa
 # ---------------------------------------------------------------- markdown
 
 
+def _stopped_at(own: pd.DataFrame) -> str:
+    """Which seeds stopped before the end ('1 stopped at epoch 31'): their losses enter the means
+    at the epoch they reached, so a reader must see it; '' when every seed ran to its end."""
+    stopped = own[own["status"] == "stopped"]
+    if stopped.empty or "epochs_completed" not in stopped:
+        return ""
+    epochs = sorted({int(e) for e in stopped["epochs_completed"].dropna()})
+    return f"{len(stopped)} stopped at epoch {', '.join(map(str, epochs))}" if epochs else f"{len(stopped)} stopped"
+
+
 def _reach(value: float, n_reached: int, n_healthy: int, digits: int = 4) -> str:
     if not n_reached:
         return DASH
@@ -156,7 +168,8 @@ def dataset_table(table: pd.DataFrame) -> str:
     header += ["reference"]
     lines = md_head(header)
     for _, r in table.iterrows():
-        cells = [r["configuration"], str(r["n_seeds"]), f"{r['n_diverged']}/{r['n_seeds']}"]
+        stopped = f" ({r['stopped_at']})" if r.get("stopped_at") else ""
+        cells = [r["configuration"], f"{r['n_seeds']}{stopped}", f"{r['n_diverged']}/{r['n_seeds']}"]
         for loss in losses:
             cells += [fmt_sig(r[f"final_{loss}_mean"], r[f"final_{loss}_std"]),
                       fmt_sig(r[f"best_{loss}_mean"], r[f"best_{loss}_std"])]
@@ -180,7 +193,8 @@ def markdown(table: pd.DataFrame, info: dict[str, Any], runs: pd.DataFrame, grou
            f"- runs' commits: {', '.join(c[:12] for c in info.get('run_git_commits', [])) or 'unknown'}",
            f"- torch (from the runs): {', '.join(info.get('run_torch_versions', [])) or 'unknown'}",
            f"- runs used: {len(runs)} (listed at the end and in summary_provenance.json)",
-           "- losses: mean ± sample std over finished/stopped seeds (diverged/failed seeds only counted); "
+           "- losses: mean ± sample std over finished/stopped seeds (diverged/failed seeds only counted; "
+           "a seed stopped early is named in the seeds column); "
            "CE = cross-entropy summed over pixels, SE = squared error summed over pixels, both averaged over "
            "examples; ms/step: median over runs; time to target: mean over the seeds that reached it "
            "('(k/n)' when not all did, '—' when none did)", ""]
