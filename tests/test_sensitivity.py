@@ -64,6 +64,7 @@ def test_points_are_read_off_the_configs(workload):
     assert "| LocoProp-M | inner steps | 15.00 (1 steps) (stalled) | not run yet | 40.00 | not run yet |" in table
     verdict = sensitivity.sensitivity_verdict(points, ["locoprop_m", "sgd"])
     assert "not: LocoProp-M (diverged at x2)" in verdict
+    assert "\n- LocoProp's inner steps, within 10% of their best from x1/2 to x2: none; not settled:" in verdict
     assert "not settled: LocoProp-M (x1/2 not run yet)" in verdict and "No sensitivity run: SGD." in verdict
 
     figure = tuning_report.sensitivity_figure("curves_synth", points)

@@ -198,7 +198,7 @@ def sensitivity_verdict(points: pd.DataFrame, with_winner: list[str]) -> str:
                            ("stalled", "no verdict, the winner itself stalled on the mean-image plateau")):
             if named[key]:
                 parts.append(f"{words}: " + ", ".join(named[key]))
-        lines.append(f"- {title.capitalize()}, " + "; ".join(parts) + ".")
+        lines.append(f"- {title[:1].upper() + title[1:]}, " + "; ".join(parts) + ".")
     if points.empty:
         return "No sensitivity run on this workload yet."
     missing = [o for o in family_sorted(with_winner) if o not in set(points["optimizer"])]
