@@ -183,6 +183,7 @@ class Run:
     logger: WandbLogger | None = None
     bar: Any = None
     load_start: list[float] | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # what each stretch of epochs ran on
 
     @property
     def primary(self) -> str:
@@ -266,7 +267,19 @@ class Run:
             atomic_torch_save(self.checkpoint_path, {
                 "epoch": self.rows[-1]["epoch"], "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "rng": state, "rows": self.rows, "wallclock": self.wallclock,
-                "wandb_id": self.logger.id if self.logger is not None else None})
+                "wandb_id": self.logger.id if self.logger is not None else None, "segments": self.segments})
+
+    def begin_segment(self, epoch: int, before: list[dict[str, Any]] | None) -> None:
+        """Record the code and machine this process trains with from `epoch` on, read now (not at the
+        end, when the checkout may have moved). A resumed run keeps its earlier segments (an older
+        checkpoint's first segment is unknown) and adds one only when something changed."""
+        here = {"from_epoch": epoch, "git_commit": git_commit(), "device": device_name(self.device),
+                "cpu_model": cpu_model()}
+        segments = list(before) if before else ([{"from_epoch": 0, "git_commit": None, "device": None,
+                                                  "cpu_model": None}] if epoch > 0 else [])
+        if not segments or any(segments[-1][k] != here[k] for k in ("git_commit", "device", "cpu_model")):
+            segments.append(here)
+        self.segments = segments
 
     def end_status(self) -> str:
         return "finished" if self.n_epochs >= self.schedule.trained_epochs() else "stopped"
@@ -286,8 +299,10 @@ class Run:
         extra = {"run_dir": self.run_dir.relative_to(cfg.results_dir).as_posix(), "device": device_name(self.device),
                  "cpu_model": cpu_model(), "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.name, "seed": int(cfg.seed),
                  "steps_per_epoch": self.steps_per_epoch, "eval_every": int(cfg.eval_every),
-                 "torch": torch.__version__, "git_commit": git_commit(), "load_average_start": self.load_start,
-                 "load_average_end": load_average(), "cpu_count": os.cpu_count()}
+                 "torch": torch.__version__, "git_commit": self.segments[-1]["git_commit"] if self.segments else git_commit(),
+                 "load_average_start": self.load_start, "load_average_end": load_average(), "cpu_count": os.cpu_count()}
+        if len(self.segments) > 1:  # resumed on other code or another machine: say which epochs ran where
+            extra["segments"] = self.segments
         summary = summarize_rows(self.rows, status, reason, self.primary, extra)
         atomic_write_json(self.run_dir / "summary.json", summary)
         if status in (*FINAL_STATUSES, "pruned"):
@@ -353,7 +368,10 @@ def prepare(run: Run) -> None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], run.device)
         run.rows, run.wallclock, wandb_id = ckpt["rows"], ckpt["wallclock"], ckpt.get("wandb_id")
         run.start_epoch = ckpt["epoch"] + 1
+        run.begin_segment(ckpt["epoch"], ckpt.get("segments"))
         print(f"[resume] {run.run_dir} from epoch {ckpt['epoch']}")
+    else:
+        run.begin_segment(0, None)
     name = cfg.logger.name or f"{cfg.dataset.name}-{cfg.optimizer.name}-seed{cfg.seed}"
     run.logger = WandbLogger(cfg.logger, run.run_dir, OmegaConf.to_container(cfg, resolve=True), name=name,
                              group=str(cfg.logger.get("group") or cfg.group), run_id=wandb_id)

@@ -188,6 +188,30 @@ def test_locoprop_inner_optimizer_is_selectable_from_the_cli(inner):
 
 
 @pytest.mark.slow
+def test_a_run_resumed_on_other_code_records_which_epochs_ran_where(tmp_path, monkeypatch):
+    import benchmarks.train as runner
+
+    common = ["optimizer=sgd", "optimizer.lr=0.01", "epochs=6"]
+    monkeypatch.setattr(runner, "git_commit", lambda: "a" * 40)
+    train(tiny_cfg(tmp_path, *common, "stop_epoch=2"))
+    same = train(tiny_cfg(tmp_path, *common, "stop_epoch=3"))  # resumed on the same code: one stretch
+    assert same["git_commit"] == "a" * 40 and "segments" not in same
+    monkeypatch.setattr(runner, "git_commit", lambda: "b" * 40)
+    ended = train(tiny_cfg(tmp_path, *common))
+    here = {"device": ended["device"], "cpu_model": cpu_model()}
+    assert ended["git_commit"] == "b" * 40  # the code of the last stretch, read when it began
+    assert ended["segments"] == [{"from_epoch": 0, "git_commit": "a" * 40, **here},
+                                 {"from_epoch": 3, "git_commit": "b" * 40, **here}]
+    from types import SimpleNamespace
+    from benchmarks.reporting.report import mixed_versions, run_segments, segments_text
+    row = pd.Series({**ended, "segments": ended["segments"]})
+    assert mixed_versions(SimpleNamespace(runs=pd.DataFrame([row]))) == {"sgd": "2 commits"}  # one seed, two codes
+    assert mixed_versions(SimpleNamespace(runs=pd.DataFrame([pd.Series(same)]))) == {}
+    assert segments_text(run_segments(row), ended["epochs_completed"]) == (
+        f"epochs 1-3 at commit `aaaaaaa` ({here['cpu_model']}, {here['device']}); "
+        f"epochs 4-{ended['epochs_completed']} at commit `bbbbbbb` ({here['cpu_model']}, {here['device']})")
+
+
 def test_killed_run_resumes_to_the_uninterrupted_metrics(tmp_path):
     """SIGKILL a training process after epoch 3's checkpoint; re-running the same command resumes
     from that checkpoint (taking over the dead process's lock) and ends with the same numbers."""

@@ -102,13 +102,36 @@ def stalled_rows(results: WorkloadResults) -> set[str]:
     return stalled
 
 
+def run_segments(run: pd.Series) -> list[dict]:
+    """The stretches of epochs a run trained in, each with its commit and device: the summary's
+    `segments` for a run resumed on other code or another machine, else the run's own record."""
+    segments = run.get("segments")
+    if isinstance(segments, list) and segments:
+        return segments
+    return [{"git_commit": None if pd.isna(run.get("git_commit")) else run.get("git_commit"),
+             "device": None if pd.isna(run.get("device")) else run.get("device")}]
+
+
+def segments_text(segments: list[dict], last_epoch: int) -> str:
+    """'epochs 1-31 at commit `e8de837` (AMD EPYC, cpu (1 threads)); epochs 32-99 at ...'."""
+    parts = []
+    for stretch, after in zip(segments, [*segments[1:], None]):
+        end = after["from_epoch"] if after else last_epoch
+        commit = f"commit `{stretch['git_commit'][:7]}`" if stretch.get("git_commit") else "an unrecorded commit"
+        where = ", ".join(str(stretch[k]) for k in ("cpu_model", "device") if stretch.get(k)) or "an unrecorded machine"
+        parts.append(f"epochs {stretch['from_epoch'] + 1}-{end} at {commit} ({where})")
+    return "; ".join(parts)
+
+
 def mixed_versions(results: WorkloadResults) -> dict[str, str]:
-    """Optimizers whose seeds ran at more than one commit or on more than one device/thread count,
-    with what differs: their rows carry a mark that points to the provenance."""
+    """Optimizers whose seeds ran at more than one commit or on more than one device/thread count
+    (a seed resumed on other code counts with every commit it ran at), with what differs: their
+    rows carry a mark that points to the provenance."""
     out = {}
     for optimizer, own in results.runs.groupby("optimizer"):
-        commits = set(own["git_commit"].fillna("unknown").str[:7])
-        devices = set(own["device"].fillna("unknown"))
+        stretches = [stretch for _, run in own.iterrows() for stretch in run_segments(run)]
+        commits = {str(stretch.get("git_commit") or "unknown")[:7] for stretch in stretches}
+        devices = {str(stretch.get("device") or "unknown") for stretch in stretches}
         parts = ([f"{len(commits)} commits"] if len(commits) > 1 else []) + \
                 ([f"{len(devices)} devices or thread counts"] if len(devices) > 1 else [])
         if parts:
@@ -609,6 +632,10 @@ def provenance_markdown(all_results: list[WorkloadResults], bench_path: Path, be
                                         for m, d in zip(models, runs["device"])])
         for machine, own in sorted(machines.groupby("machine"), key=lambda kv: kv[0]):
             lines.append(f"- machine {machine}: {_runs(len(own))}")
+        for _, run in runs.iterrows():
+            if len(run_segments(run)) > 1:
+                lines.append(f"- {optimizer_label(run['optimizer'])} seed {run['seed']} was resumed: "
+                             + segments_text(run_segments(run), int(run["epochs_completed"])))
         lines.append("")
     return "\n".join(lines).rstrip()
 
