@@ -633,9 +633,10 @@ def provenance_markdown(all_results: list[WorkloadResults], bench_path: Path, be
         for machine, own in sorted(machines.groupby("machine"), key=lambda kv: kv[0]):
             lines.append(f"- machine {machine}: {_runs(len(own))}")
         for _, run in runs.iterrows():
-            if len(run_segments(run)) > 1:
+            segments = run_segments(run)
+            if len(segments) > 1:
                 lines.append(f"- {optimizer_label(run['optimizer'])} seed {run['seed']} was resumed: "
-                             + segments_text(run_segments(run), int(run["epochs_completed"])))
+                             + segments_text(segments, int(run["epochs_completed"])))
         lines.append("")
     return "\n".join(lines).rstrip()
 
