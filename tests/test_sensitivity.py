@@ -99,3 +99,16 @@ def test_stalled_is_the_plateau_rule_and_a_stalled_winner_gets_no_verdict(tmp_pa
     figure = tuning_report.sensitivity_figure("curves_synth", points.reset_index())
     drawn = [line for line in figure.axes[0].get_lines() if line.get_marker() == "v"]
     assert [list(line.get_ydata()) for line in drawn] == [[134.5, 134.0]]  # stalled points drawn at their loss
+
+
+def test_a_ratio_at_the_10_percent_line_prints_the_side_it_falls_on(tmp_path):
+    assert [sensitivity.ratio_text(r) for r in (1.05, 1.1, 1.1003, 1.0996, 1.104)] == \
+        ["1.05", "1.10", "1.1003", "1.0996", "1.104"]
+    folder = tmp_path / "curves_synth"
+    write_run(folder, "final", "seed0-w", WINNER, "finished", (500.0, 40.0))
+    write_run(folder, "sensitivity", "seed0-a", {**WINNER, "lr": 0.005}, "finished", (500.0, 40.0 * 1.1012))
+    write_run(folder, "sensitivity", "seed0-b", {**WINNER, "lr": 0.02}, "finished", (500.0, 40.0 * 1.0988))
+    final, _ = load_runs(folder, "final")
+    points = sensitivity.sensitivity_points(folder, final, {}, PLATEAU)
+    assert "| LocoProp-M | learning rate | 1.101 | 40.00 | 1.099 |" in sensitivity.sensitivity_table(points)
+    assert "not: LocoProp-M (x1/2 is 1.101 x its best)" in sensitivity.sensitivity_verdict(points, ["locoprop_m"])

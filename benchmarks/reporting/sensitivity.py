@@ -120,13 +120,22 @@ def _fraction(m: float) -> str:
     return f"1/{1 / m:g}" if m < 1 else f"{m:g}"
 
 
+def ratio_text(ratio: float) -> str:
+    """A loss ratio with two decimals, or more where two would print the 10% line itself (1.10),
+    so that a reader sees which side of the line the verdict put it on."""
+    line, digits = 1 + KEEP, 2
+    while digits < 6 and ratio != line and f"{ratio:.{digits}f}" == f"{line:.{digits}f}":
+        digits += 1
+    return f"{ratio:.{digits}f}"
+
+
 def _cell(point: pd.Series | None, knob: str) -> str:
     if point is None:
         return NOT_RUN
     if point["state"] == "diverged":
         return "diverged"
     ratio = point["ratio"]
-    text = f"{ratio:.2f}" if math.isfinite(ratio) else f"{point['final']:.2f} (loss; the winner diverged)"
+    text = ratio_text(ratio) if math.isfinite(ratio) else f"{point['final']:.2f} (loss; the winner diverged)"
     if knob == "optimizer.inner_steps":
         text += f" ({int(point['value'])} steps)"
     return text + (" (stalled)" if point["state"] == "stalled" else "")
@@ -173,7 +182,7 @@ def verdict_of(points: pd.DataFrame, optimizer: str, knob: str) -> tuple[str, st
         if point["state"] != "finished":
             return "loses", f"{point['state']} at x{_fraction(m)}"
         if point["final"] > (1 + KEEP) * best:
-            return "loses", f"x{_fraction(m)} is {point['final'] / best:.2f} x its best"
+            return "loses", f"x{_fraction(m)} is {ratio_text(point['final'] / best)} x its best"
     return "keeps", ""
 
 

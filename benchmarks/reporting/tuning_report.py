@@ -86,7 +86,7 @@ def budget_figure(dataset: str, curves: dict[str, pd.DataFrame], reference: tupl
                 linestyle="none", markersize=4, zorder=4, clip_on=False)
         if math.isfinite(line):
             ax.axhline(line, color="#444444", linewidth=0.7, linestyle=(0, (1, 2)), zorder=1)
-        ax.set_title(style["label"], fontsize=7.5, pad=2)
+        ax.set_title(style["label"], fontsize=7.5, pad=5)  # clear of the ^ markers on the top edge
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
     for ax in axes.ravel()[len(names):]:
         ax.set_visible(False)
