@@ -6,6 +6,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks.reporting import tuning_budget as tb
@@ -70,3 +71,22 @@ def test_trials_to_reach_and_the_sampler_read_from_the_trials():
     assert tb.sampler_of({"trials": drawn[1:]}) == "keyed"
     assert tb.sampler_of({"trials": [drawn[0], drawn[2]]}) == "count-seeded"
     assert tb.sampler_of({"trials": drawn}) == "mixed (1 count-seeded, then 1 keyed)"
+
+
+def test_a_study_still_searching_gets_no_trial_count_and_is_named():
+    """A study with fewer ended trials than its budget: its best so far is shown, but neither it nor
+    the data set's verdict counts trials to a target on its too-short curve."""
+    done = {"dataset": "mnist", "optimizer": "sgd", "protocol": {"trials": 3},
+            "trials": [trial("COMPLETE", v) for v in (4.0, 2.0, 3.0)]}
+    running = {"dataset": "mnist", "optimizer": "locoprop_m", "protocol": {"trials": 3},
+               "trials": [trial("COMPLETE", 1.0), trial("RUNNING")]}
+    empty = {"dataset": "mnist", "optimizer": "adam", "protocol": {"trials": 3}, "trials": [trial("RUNNING")]}
+    rows = tb.budget_rows([done, running, empty], {"mnist": ("sgd", 2.0)}).set_index("optimizer")
+    assert rows["searching"].to_dict() == {"sgd": False, "locoprop_m": True, "adam": True}
+    assert rows.loc["sgd", "to_best_final"] == tb.trials_to_reach(tb.budget_curve([4.0, 2.0, 3.0], 3), 2.0)
+    assert pd.isna(rows.loc["locoprop_m", "to_best_final"]) and rows.loc["locoprop_m", "own_best"] == 1.0
+    text = tb.budget_markdown(rows.reset_index(), ["locoprop_m", "sgd", "adam"])
+    assert "| MNIST | LocoProp-M | keyed | 1 of 3 (0), searching | 1.00 so far | — | — |" in text
+    assert "| MNIST | Adam | keyed | 0 of 3 (0), searching | no trial ended yet | — | — |" in text
+    assert "fewest trials to within 5% of it: SGD (" in text and "LocoProp-M (1)" not in text
+    assert "; still searching, so not counted: LocoProp-M (1 of 3 trials), Adam (0 of 3 trials)." in text

@@ -109,27 +109,29 @@ def sampler_of(study: dict[str, Any]) -> str:
     return f"mixed ({old} count-seeded, then {len(drawn) - old} keyed)"
 
 
+def searching(trials: int, budget: int | None) -> bool:
+    """A study with fewer ended trials than its budget is still searching: its curve is too short to
+    say how many trials the search needs."""
+    return trials == 0 or (budget is not None and trials < int(budget))
+
+
 def budget_rows(studies: Iterable[dict[str, Any]], best_final: dict[str, tuple[str, float]]) -> pd.DataFrame:
     """One row per study: its trials, its own best, and the trials needed to come within 5% of it
-    and of the workload's best final loss (`best_final`: data set -> (optimizer, mean final loss))."""
+    and of the workload's best final loss (`best_final`: data set -> (optimizer, mean final loss));
+    no count for a study still searching."""
     rows = []
     for s in studies:
         values = trial_values(s)
         budget = (s.get("protocol") or {}).get("trials")
-        if not len(values):  # searching: no trial has ended yet
-            rows.append({"dataset": s["dataset"], "optimizer": s["optimizer"], "sampler": sampler_of(s), "trials": 0,
-                         "budget": budget, "diverged": 0, "own_best": math.nan, "to_own_best": None,
-                         "best_final_optimizer": best_final.get(s["dataset"], (None, math.nan))[0],
-                         "best_final": best_final.get(s["dataset"], (None, math.nan))[1], "to_best_final": None})
-            continue
-        curve = budget_curve(values, budget)
-        own = float(values.min())
         final_name, final = best_final.get(s["dataset"], (None, math.nan))
-        rows.append({"dataset": s["dataset"], "optimizer": s["optimizer"], "sampler": sampler_of(s),
-                     "trials": len(values), "budget": budget, "diverged": int(np.isinf(values).sum()),
-                     "own_best": own, "to_own_best": trials_to_reach(curve, own),
-                     "best_final_optimizer": final_name, "best_final": final,
-                     "to_best_final": trials_to_reach(curve, final)})
+        row = {"dataset": s["dataset"], "optimizer": s["optimizer"], "sampler": sampler_of(s), "trials": len(values),
+               "budget": budget, "searching": searching(len(values), budget), "diverged": int(np.isinf(values).sum()),
+               "own_best": float(values.min()) if len(values) else math.nan, "to_own_best": None,
+               "best_final_optimizer": final_name, "best_final": final, "to_best_final": None}
+        if len(values) and not row["searching"]:
+            curve = budget_curve(values, budget)
+            row.update(to_own_best=trials_to_reach(curve, row["own_best"]), to_best_final=trials_to_reach(curve, final))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -151,14 +153,15 @@ def budget_markdown(rows: pd.DataFrame, order: list[str]) -> str:
     for dataset, own in rows.groupby("dataset", sort=False):
         label = workload_of(dataset).label
         for _, r in own.iterrows():
-            if r["trials"] == 0:
-                lines.append(md_row([label, optimizer_label(r["optimizer"]), r["sampler"], "0 (0)",
-                                                 f"searching: no trial of {r['budget']} ended yet", DASH, DASH]))
+            best = f"{r['own_best']:,.2f}" if math.isfinite(r["own_best"]) else "every trial diverged"
+            if r["searching"]:
+                trials = f"{r['trials']}" + (f" of {r['budget']}" if r["budget"] else "") + f" ({r['diverged']}), searching"
+                best = f"{best} so far" if r["trials"] else "no trial ended yet"
+                lines.append(md_row([label, optimizer_label(r["optimizer"]), r["sampler"], trials, best, DASH, DASH]))
                 continue
-            lines.append(md_row([
-                label, optimizer_label(r["optimizer"]), r["sampler"], f"{r['trials']} ({r['diverged']})",
-                f"{r['own_best']:,.2f}" if math.isfinite(r["own_best"]) else "every trial diverged",
-                _trials_text(r["to_own_best"]), _trials_text(r["to_best_final"])]))
+            lines.append(md_row([label, optimizer_label(r["optimizer"]), r["sampler"],
+                                 f"{r['trials']} ({r['diverged']})", best,
+                                 _trials_text(r["to_own_best"]), _trials_text(r["to_best_final"])]))
         first = own.iloc[0]
         sentence = f"- {label}: measured against the best mean final train loss, {optimizer_label(first['best_final_optimizer'])}'s"
         sentence += f" {first['best_final']:,.2f}" if math.isfinite(first["best_final"]) else " (none yet)"
@@ -167,9 +170,13 @@ def budget_markdown(rows: pd.DataFrame, order: list[str]) -> str:
             fewest = int(reached["to_best_final"].min())
             names = [optimizer_label(o) for o in reached.loc[reached["to_best_final"] == fewest, "optimizer"]]
             sentence += f"; fewest trials to within 5% of it: {', '.join(names)} ({fewest})"
-        never = [optimizer_label(o) for o in own.loc[own["to_best_final"].isna() & (own["trials"] > 0), "optimizer"]]
+        never = [optimizer_label(o) for o in own.loc[own["to_best_final"].isna() & ~own["searching"], "optimizer"]]
         if never:
             sentence += f"; {NEVER}: {', '.join(never)}"
+        running = [f"{optimizer_label(r['optimizer'])} ({r['trials']} of {r['budget']} trials)"
+                   for _, r in own[own["searching"]].iterrows()]
+        if running:
+            sentence += f"; still searching, so not counted: {', '.join(running)}"
         shared = [optimizer_label(o) for o in own.loc[own["sampler"] != "keyed", "optimizer"]]
         if shared:
             sentence += (f". Drawn wholly or partly by the count-seeded sampler (the same random stream in every "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import matplotlib
 
@@ -57,9 +57,11 @@ def _log_y(ax, values: np.ndarray) -> tuple[float, float]:
     return low, high * EDGE
 
 
-def budget_figure(dataset: str, curves: dict[str, pd.DataFrame], reference: tuple[str | None, float]):
+def budget_figure(dataset: str, curves: dict[str, pd.DataFrame], reference: tuple[str | None, float],
+                  searching: Iterable[str] = ()):
     """Expected best objective against the number of trials: a panel per optimizer (its 10-90%
-    band shaded), the others' curves in grey behind it, one shared log axis."""
+    band shaded), the others' curves in grey behind it, one shared log axis; the panels of
+    `searching` studies (fewer trials than the budget so far) say so in their titles."""
     if not curves:
         return None
     names = legend_sorted(curves)
@@ -86,7 +88,7 @@ def budget_figure(dataset: str, curves: dict[str, pd.DataFrame], reference: tupl
                 linestyle="none", markersize=4, zorder=4, clip_on=False)
         if math.isfinite(line):
             ax.axhline(line, color="#444444", linewidth=0.7, linestyle=(0, (1, 2)), zorder=1)
-        ax.set_title(style["label"], fontsize=7.5, pad=5)  # clear of the ^ markers on the top edge
+        ax.set_title(style["label"] + (" (searching)" if optimizer in searching else ""), fontsize=7.5, pad=5)  # clear of the ^ markers on the top edge
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
     for ax in axes.ravel()[len(names):]:
         ax.set_visible(False)
@@ -184,11 +186,12 @@ def draw_workload(dataset: str, studies: list[dict[str, Any]], reference: tuple[
                   points: pd.DataFrame, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     own = [s for s in studies if s["dataset"] == dataset and len(tuning_budget.trial_values(s))]
-    curves = {s["optimizer"]: tuning_budget.budget_curve(tuning_budget.trial_values(s),
-                                                         (s.get("protocol") or {}).get("trials")) for s in own}
+    budgets = {s["optimizer"]: (tuning_budget.trial_values(s), (s.get("protocol") or {}).get("trials")) for s in own}
+    curves = {o: tuning_budget.budget_curve(values, budget) for o, (values, budget) in budgets.items()}
+    running = [o for o, (values, budget) in budgets.items() if tuning_budget.searching(len(values), budget)]
     record: dict[str, Any] = {}
     with figure_style():
-        fig = budget_figure(dataset, curves, reference)
+        fig = budget_figure(dataset, curves, reference, running)
         if fig is not None:
             files = save_figure(fig, out_dir, f"{dataset}_tuning_budget")
             record[f"{dataset}_tuning_budget"] = {"files": [p.name for p in files],
