@@ -23,6 +23,7 @@ from tests.tiny import tiny_run
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = tiny_run(n_train=1000)
 TRIALS = 5
+GRACE_S = 15  # with a beat every second: a killed worker is found soon, a merely loaded one is not given up
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,11 @@ def tune_cli(tmp_path: Path, storage: str, *extra: str, trials: int = TRIALS, ep
     return [sys.executable, "-m", "scripts.tune", "--dataset", "curves_synth", "--optimizer", "sgd",
             "--trials", str(trials), "--seeds", "1", "--eval-every", "5", "--min-resource", "1000", "--no-exits",
             "--results", str(tmp_path / "res"), "--tuned-dir", str(tmp_path / "tuned"), "--storage", storage,
-            "--heartbeat-interval", "1", "--grace-period", "6", *extra, "--", *TINY_RUN, f"epochs={epochs}"]
+            "--heartbeat-interval", "1", "--grace-period", str(GRACE_S), *extra, "--", *TINY_RUN, f"epochs={epochs}"]
 
 
 def load(storage: str) -> optuna.Study:
-    return optuna.load_study(study_name="curves_synth-sgd", storage=open_storage(storage, 1, 6))
+    return optuna.load_study(study_name="curves_synth-sgd", storage=open_storage(storage, 1, GRACE_S))
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
@@ -117,7 +118,8 @@ def test_three_workers_lose_one_and_the_study_ends_exactly_complete(kind, tmp_pa
     assert len(complete) == TRIALS  # the budget exactly: nothing counted twice, nothing lost
     assert trials[killed.number].state == TrialState.FAIL
     retries = [t for t in trials if retried_trial_number(t) == killed.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == killed.params
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == killed.params, \
+        [(t.number, t.state.name, t.user_attrs.get("status")) for t in retries]
     settings = [tuple(sorted(t.params.items())) for t in complete]
     assert len(set(settings)) == TRIALS  # no setting run twice
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.FAIL}
